@@ -1,0 +1,35 @@
+"""lamb_optax: the LAMB optimizer for JAX, as composable optax transformations."""
+
+from lamb_optax import masks as masks
+from lamb_optax import mindspore_compat as mindspore_compat
+from lamb_optax._src.alias import lamb as lamb
+from lamb_optax._src.diagnostics import trust_ratios as trust_ratios
+from lamb_optax._src.inject import inject_hyperparams as inject_hyperparams
+from lamb_optax._src.transforms import AddDecayedWeightsState as AddDecayedWeightsState
+from lamb_optax._src.transforms import ScaleByAdamState as ScaleByAdamState
+from lamb_optax._src.transforms import ScaleByLearningRateState as ScaleByLearningRateState
+from lamb_optax._src.transforms import ScaleByTrustRatioState as ScaleByTrustRatioState
+from lamb_optax._src.transforms import add_decayed_weights as add_decayed_weights
+from lamb_optax._src.transforms import centralize_gradients as centralize_gradients
+from lamb_optax._src.transforms import scale_by_adam as scale_by_adam
+from lamb_optax._src.transforms import scale_by_learning_rate as scale_by_learning_rate
+from lamb_optax._src.transforms import scale_by_trust_ratio as scale_by_trust_ratio
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "AddDecayedWeightsState",
+  "ScaleByAdamState",
+  "ScaleByLearningRateState",
+  "ScaleByTrustRatioState",
+  "add_decayed_weights",
+  "centralize_gradients",
+  "inject_hyperparams",
+  "lamb",
+  "masks",
+  "mindspore_compat",
+  "scale_by_adam",
+  "scale_by_learning_rate",
+  "scale_by_trust_ratio",
+  "trust_ratios",
+]

@@ -1,0 +1,64 @@
+"""``inject_hyperparams`` with lamb_optax's structural arguments kept static."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+
+from lamb_optax._src.alias import lamb
+
+# Arguments that describe structure, not numbers: optax.inject_hyperparams would
+# call a callable one as a schedule (and a mask would silently stop working).
+STRUCTURAL_ARGS = (
+  "mask",
+  "groups",
+  "trust_ratio_mask",
+  "layer_axes",
+  "moment_dtype",
+  "centralize_out_axis",
+)
+
+
+def inject_hyperparams(
+  inner_factory: Callable[..., optax.GradientTransformation] = lamb,
+  static_args: str | Iterable[str] = (),
+  hyperparam_dtype: Any = jnp.float32,
+) -> Callable[..., optax.GradientTransformationExtraArgs]:
+  """``optax.inject_hyperparams`` made safe for LAMB.
+
+  Two traps of ``optax.inject_hyperparams`` are closed here:
+
+  * it treats every callable argument as a schedule, so a callable ``mask``
+    (or ``trust_ratio_mask``, ``layer_axes``) would be called with the step
+    count; here those arguments (and ``groups``, ``moment_dtype``) are static;
+  * it casts hyperparameters to the parameter dtype, so with bfloat16
+    parameters ``b2=0.999`` becomes 1.0 and updates turn NaN; here the
+    hyperparameters stay float32 unless ``hyperparam_dtype`` says otherwise.
+
+  Args:
+    inner_factory: the optimizer factory, :func:`lamb_optax.lamb` by default.
+    static_args: more argument names to keep static.
+    hyperparam_dtype: dtype of the injected hyperparameters.
+
+  Returns:
+    A factory with the signature of ``inner_factory`` whose state exposes
+    ``hyperparams`` (e.g. ``state.hyperparams["learning_rate"]``).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import lamb_optax
+    >>> tx = lamb_optax.inject_hyperparams()(learning_rate=0.1, mask=lamb_optax.masks.flax)
+    >>> state = tx.init({"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)})
+    >>> float(state.hyperparams["learning_rate"])
+    0.1
+  """
+  names = {static_args} if isinstance(static_args, str) else set(static_args)
+  params = inspect.signature(inner_factory).parameters
+  names |= {a for a in STRUCTURAL_ARGS if a in params}
+  return optax.inject_hyperparams(
+    inner_factory, static_args=tuple(sorted(names)), hyperparam_dtype=hyperparam_dtype
+  )
