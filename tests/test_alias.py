@@ -67,7 +67,10 @@ def _ms_decay(path):
     (0.05, lambda s: 0.05),
     # a per-step list shorter than the run: the last value holds.
     ([0.05, 0.02, 0.04, 0.01, 0.03], lambda s: [0.05, 0.02, 0.04, 0.01, 0.03][min(s, 4)]),
-    (optax.cosine_decay_schedule(0.05, 20), lambda s: 0.05 * 0.5 * (1 + np.cos(np.pi * min(s, 20) / 20))),
+    (
+      optax.cosine_decay_schedule(0.05, 20),
+      lambda s: 0.05 * 0.5 * (1 + np.cos(np.pi * min(s, 20) / 20)),
+    ),
   ],
   ids=["fixed", "list", "schedule"],
 )

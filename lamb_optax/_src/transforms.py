@@ -55,12 +55,13 @@ def _require_params(params: Any, who: str) -> None:
     raise ValueError(f"{who} needs the current parameters: call `update(updates, state, params)`.")
 
 
-def _check_same_structure(updates: Any, params: Any) -> None:
+def _check_same_structure(updates: Any, params: Any, what: str = "params") -> None:
+  """Raises a ValueError naming the first leaf where updates and params differ."""
   u_def, p_def = jax.tree.structure(updates), jax.tree.structure(params)
   if u_def != p_def:
     raise ValueError(
-      "`updates` and `params` must have the same tree structure.\n"
-      f"  updates: {u_def}\n  params:  {p_def}"
+      f"`updates` and `{what}` must have the same tree structure.\n"
+      f"  updates: {u_def}\n  {what}: {p_def}"
     )
   for (path, u), p in zip(masks_lib.named_leaves(updates), jax.tree.leaves(params), strict=True):
     if np.shape(u) != np.shape(p):
@@ -221,6 +222,7 @@ def scale_by_adam(
   def update_fn(updates, state, params=None):
     del params
     _check_float_leaves("updates", updates)
+    _check_same_structure(updates, state.mu, "the moments (the params at init)")
     count = optax.safe_increment(state.count)
 
     def one(g, m, v):
@@ -294,7 +296,7 @@ def add_decayed_weights(
   decays_nothing = schedules.is_positive_constant(weight_decay) is False
 
   def init_fn(params):
-    del params
+    masks_lib.resolve("mask", mask, params)  # a bad mask fails here, before any step
     return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
@@ -431,6 +433,7 @@ def scale_by_trust_ratio(
 
   def init_fn(params):
     _check_float_leaves("params", params)
+    masks_lib.resolve("mask", mask, params)  # a bad mask fails here, before any step
     axes = resolve_layer_axes(layer_axes, params)
     leaves = [
       jnp.ones(np.shape(p)[:k], jnp.float32)

@@ -54,7 +54,7 @@ def check_real(name: str, value: Any) -> float | None:
   elif isinstance(value, (np.ndarray, np.generic, jax.Array)):
     dtype = np.dtype(value.dtype)
     if np.ndim(value) != 0 or not (
-      np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+      jax.dtypes.issubdtype(dtype, np.integer) or jax.dtypes.issubdtype(dtype, np.floating)
     ):
       raise TypeError(
         f"`{name}` must be a real number (a 0-d real array is accepted); got an"
