@@ -5,6 +5,8 @@ from lamb_optax import mindspore_compat as mindspore_compat
 from lamb_optax._src.alias import lamb as lamb
 from lamb_optax._src.diagnostics import trust_ratios as trust_ratios
 from lamb_optax._src.inject import inject_hyperparams as inject_hyperparams
+from lamb_optax._src.precision import MasterWeightsState as MasterWeightsState
+from lamb_optax._src.precision import with_master_weights as with_master_weights
 from lamb_optax._src.transforms import AddDecayedWeightsState as AddDecayedWeightsState
 from lamb_optax._src.transforms import ScaleByAdamState as ScaleByAdamState
 from lamb_optax._src.transforms import ScaleByLearningRateState as ScaleByLearningRateState
@@ -19,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
   "AddDecayedWeightsState",
+  "MasterWeightsState",
   "ScaleByAdamState",
   "ScaleByLearningRateState",
   "ScaleByTrustRatioState",
@@ -32,4 +35,5 @@ __all__ = [
   "scale_by_learning_rate",
   "scale_by_trust_ratio",
   "trust_ratios",
+  "with_master_weights",
 ]

@@ -10,7 +10,7 @@ import optax
 
 from lamb_optax._src import groups as groups_lib
 from lamb_optax._src import masks as masks_lib
-from lamb_optax._src import schedules, transforms, validation
+from lamb_optax._src import precision, schedules, transforms, validation
 
 
 def _chain(
@@ -57,6 +57,7 @@ def lamb(
   moment_dtype: Optional[Any] = None,
   layer_axes: transforms.LayerAxes = None,
   centralize_out_axis: Optional[int] = None,
+  master_weights: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The LAMB optimizer (layer-wise adaptive moments for large batches).
 
@@ -118,6 +119,10 @@ def lamb(
     centralize_out_axis: output-channel axis for gradient centralization;
       None means the last axis (Flax's channel-last layout); 0 for PyTorch and
       MindSpore layouts.
+    master_weights: keep a float32 copy of bfloat16/float16 parameters in the
+      state (4 bytes per such parameter) and emit float32 updates that make
+      each parameter equal its rounded master (apex/Paddle multi-precision).
+      No effect on float32/float64 parameters.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -176,9 +181,11 @@ def lamb(
     moment_dtype=moment_dtype,
     layer_axes=layer_axes,
   )
+  validation.check_bool("master_weights", master_weights)
+  wrap = precision.with_master_weights if master_weights else (lambda tx: tx)
   if groups is None:
-    return _chain(
-      learning_rate=lr, weight_decay=weight_decay, mask=mask, centralize=False, **common
+    return wrap(
+      _chain(learning_rate=lr, weight_decay=weight_decay, mask=mask, centralize=False, **common)
     )
 
   parsed = groups_lib.parse_groups(groups, lr, weight_decay)
@@ -199,4 +206,4 @@ def lamb(
     names = [parsed.groups[i].label for i in owner]
     return jax.tree.unflatten(jax.tree.structure(params), names)
 
-  return optax.partition(chains, labels)
+  return wrap(optax.partition(chains, labels))

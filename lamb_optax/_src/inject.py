@@ -20,6 +20,7 @@ STRUCTURAL_ARGS = (
   "layer_axes",
   "moment_dtype",
   "centralize_out_axis",
+  "master_weights",
 )
 
 

@@ -211,6 +211,8 @@ def scale_by_adam(
   moment_dtype = validation.check_dtype("moment_dtype", moment_dtype)
 
   def init_fn(params):
+    if not jax.tree.leaves(params):
+      raise ValueError(f"`params` has no array leaves: {params!r}.")
     _check_float_leaves("params", params)
     zeros = lambda p: jnp.zeros_like(p, dtype=default_moment_dtype(p.dtype, moment_dtype))  # noqa: E731
     return ScaleByAdamState(
@@ -366,20 +368,65 @@ def resolve_layer_axes(layer_axes: LayerAxes, tree: Any) -> list[int]:
   return out
 
 
-def sum_sq(x: jax.Array, layer_axes: int = 0) -> jax.Array:
-  """Sum of |x|^2 over all axes but the first ``layer_axes``, in float32 (or wider)."""
-  x32 = x.astype(compute_dtype(x.dtype))
-  return jnp.sum(_abs_sq(x32), axis=tuple(range(layer_axes, x.ndim)))
+_SCALE = 2.0**64  # exact power of two: scaling by it never rounds
 
 
-def trust_ratio(param_sq: jax.Array, update_sq: jax.Array, min_ratio=None, max_ratio=None):
-  """``||w|| / ||u||`` from sums of squares; 1 where either norm is 0; clipped."""
-  w_norm, u_norm = jnp.sqrt(param_sq), jnp.sqrt(update_sq)
+def safe_norm(x: jax.Array, layer_axes: int = 0) -> jax.Array:
+  """``||x||`` over all axes but the first ``layer_axes``, without overflow or underflow.
+
+  The norm is taken in float32 (or wider for float64/complex128). Three sums of
+  squares are formed in the same pass: of ``x``, of ``x * 2**-64`` and of
+  ``x * 2**64``. Where the plain sum overflows (``|x|`` around 1e19 and up) the
+  scaled-down one is used; where it is below ``2**-60`` (elements around 1e-10
+  and below, whose squares lose precision or vanish) the scaled-up one. In the
+  range between, the result is exactly the plain ``sqrt(sum(x**2))``.
+  """
+  x = x.astype(compute_dtype(x.dtype))
+  axes = tuple(range(layer_axes, x.ndim))
+  rdt = _real_dtype(x.dtype)
+  mid = jnp.sum(_abs_sq(x), axis=axes)
+  big = jnp.sum(_abs_sq(x * jnp.asarray(1 / _SCALE, rdt)), axis=axes)
+  small = jnp.sum(_abs_sq(x * jnp.asarray(_SCALE, rdt)), axis=axes)
+  return jnp.where(
+    jnp.isinf(mid),
+    jnp.sqrt(big) * jnp.asarray(_SCALE, rdt),
+    jnp.where(
+      mid < jnp.asarray(2.0**-60, rdt),
+      jnp.sqrt(small) * jnp.asarray(1 / _SCALE, rdt),
+      jnp.sqrt(mid),
+    ),
+  )
+
+
+def apply_trust_ratio(
+  u: jax.Array,
+  w_norm: jax.Array,
+  u_norm: jax.Array,
+  min_ratio: Any = None,
+  max_ratio: Any = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Returns ``(r * u, r)`` with ``r = ||w|| / ||u||`` (1 where a norm is 0), clipped.
+
+  ``w_norm`` and ``u_norm`` have shape ``u.shape[:k]`` (k layer axes). Where
+  ``r`` overflows (``||w||`` huge, ``||u||`` tiny) the product is formed as
+  ``(u / ||u||) * ||w||``, which stays finite. ``r`` is returned in float32.
+  """
+  k = w_norm.ndim
+  cdt = compute_dtype(u.dtype)
+  rdt = _real_dtype(cdt)
+  w_norm, u_norm = w_norm.astype(rdt), u_norm.astype(rdt)
   ok = (w_norm > 0) & (u_norm > 0)
-  ratio = jnp.where(ok, w_norm / jnp.where(ok, u_norm, 1), 1)
+  inv_u = jnp.where(ok, 1 / jnp.where(ok, u_norm, 1), 1)
+  w_fac = jnp.where(ok, w_norm, 1)
+  ratio = w_fac * inv_u
   if min_ratio is not None or max_ratio is not None:
-    ratio = jnp.clip(ratio, min_ratio, max_ratio)
-  return ratio.astype(jnp.float32)
+    ratio = jnp.clip(ratio, min_ratio, max_ratio).astype(rdt)
+  expand = lambda x: x.reshape(x.shape + (1,) * (u.ndim - k))  # noqa: E731
+  u = u.astype(cdt)
+  scaled = jnp.where(
+    expand(jnp.isfinite(ratio)), u * expand(ratio), (u * expand(inv_u)) * expand(w_fac)
+  )
+  return scaled, ratio.astype(jnp.float32)
 
 
 def scale_by_trust_ratio(
@@ -397,9 +444,11 @@ def scale_by_trust_ratio(
     \quad u \leftarrow r\,u
 
   Norms are taken in float32 (float16 leaves whose sum of squares exceeds 65504
-  still get the right ratio). ``optax.scale_by_trust_ratio`` takes one norm per
-  leaf, has no clipping, no exclusion mask and keeps no record of the ratios;
-  this block adds all three, plus one ratio per layer for stacked leaves.
+  still get the right ratio) and are safe from overflow and underflow
+  (:func:`safe_norm`), so finite inputs give finite updates.
+  ``optax.scale_by_trust_ratio`` takes one norm per leaf, has no clipping, no
+  exclusion mask and keeps no record of the ratios; this block adds all three,
+  plus one ratio per layer for stacked leaves.
 
   Args:
     min_ratio: lower clipping bound for r, or None.
@@ -454,10 +503,8 @@ def scale_by_trust_ratio(
         new_u.append(u)
         ratios.append(jnp.ones(u.shape[:k], jnp.float32))
         continue
-      r = trust_ratio(sum_sq(w, k), sum_sq(u, k), min_ratio, max_ratio)
-      cdt = compute_dtype(u.dtype)
-      r_b = r.reshape(r.shape + (1,) * (u.ndim - k)).astype(_real_dtype(cdt))
-      new_u.append((u.astype(cdt) * r_b).astype(u.dtype))
+      scaled, r = apply_trust_ratio(u, safe_norm(w, k), safe_norm(u, k), min_ratio, max_ratio)
+      new_u.append(scaled.astype(u.dtype))
       ratios.append(r)
     tree_def = jax.tree.structure(updates)
     return jax.tree.unflatten(tree_def, new_u), ScaleByTrustRatioState(
