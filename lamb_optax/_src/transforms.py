@@ -368,6 +368,7 @@ def resolve_layer_axes(layer_axes: LayerAxes, tree: Any) -> list[int]:
   return out
 
 
+_TR_MASK = "mask (lamb's trust_ratio_mask)"
 _SCALE = 2.0**64  # exact power of two: scaling by it never rounds
 
 
@@ -478,11 +479,11 @@ def scale_by_trust_ratio(
     minutes <https://arxiv.org/abs/1904.00962>`_, 2020.
   """
   validation.check_optional_ratio_bounds(min_ratio, max_ratio)
-  masks_lib.check_mask("mask", mask)
+  masks_lib.check_mask(_TR_MASK, mask)
 
   def init_fn(params):
     _check_float_leaves("params", params)
-    masks_lib.resolve("mask", mask, params)  # a bad mask fails here, before any step
+    masks_lib.resolve(_TR_MASK, mask, params)  # a bad mask fails here, before any step
     axes = resolve_layer_axes(layer_axes, params)
     leaves = [
       jnp.ones(np.shape(p)[:k], jnp.float32)
@@ -493,7 +494,7 @@ def scale_by_trust_ratio(
   def update_fn(updates, state, params=None):
     _require_params(params, "scale_by_trust_ratio")
     _check_same_structure(updates, params)
-    flags = masks_lib.resolve("mask", mask, params)
+    flags = masks_lib.resolve(_TR_MASK, mask, params)
     axes = resolve_layer_axes(layer_axes, params)
     new_u, ratios = [], []
     for flag, k, u, w in zip(

@@ -1,0 +1,262 @@
+"""Mixed precision, non-finite gradients, extreme values, checkpoint/resume, bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+import lamb_optax
+
+
+def _problem(dtype=jnp.float32, seed=0):
+  rng = np.random.default_rng(seed)
+  params = {
+    "dense": {"kernel": rng.normal(size=(8, 4)), "bias": np.zeros(4)},
+    "conv": {"kernel": rng.normal(size=(3, 3, 2, 4))},
+    "norm": {"gamma": np.ones(4), "beta": np.zeros(4)},
+  }
+  return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+
+
+def _grads(params, t):
+  rng = np.random.default_rng(1000 + t)
+  return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+
+
+# --- low precision ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_params_get_float32_moments_and_finite_updates(dtype):
+  params = _problem(dtype)
+  tx = lamb_optax.lamb(1e-2, weight_decay=0.01)
+  state = tx.init(params)
+  adam_state = state[1]
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((adam_state.mu, adam_state.nu)))
+  step = jax.jit(tx.update)
+  for t in range(10):
+    u, state = step(_grads(params, t), state, params)
+    assert all(x.dtype == dtype for x in jax.tree.leaves(u))
+    params = optax.apply_updates(params, u)
+  assert all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree.leaves(params))
+
+
+def test_float16_norms_where_optax_overflows():
+  """sum of squares above 65504: lamb_optax gets the ratio, optax.lamb returns non-finite."""
+  w = {"w": jnp.full((64,), 100.0, jnp.float16)}  # ||w||^2 = 640000 > 65504
+  g = {"w": jnp.full((64,), 0.5, jnp.float16)}
+  ours = lamb_optax.lamb(1e-3, mask=None)
+  u, state = ours.update(g, ours.init(w), w)
+  # u = g/|g| = 1 per element, ||u|| = 8, ||w|| = 800: r = 100, update = -lr * 100
+  np.testing.assert_allclose(float(lamb_optax.trust_ratios(state)["w"]), 100.0, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(u["w"], np.float32), -0.1, rtol=1e-3)
+  theirs = optax.lamb(1e-3)
+  u_optax, _ = theirs.update(g, theirs.init(w), w)
+  assert not np.all(np.isfinite(np.asarray(u_optax["w"], np.float32)))
+
+
+@pytest.mark.parametrize("groups", [None, [{"params": ".", "weight_decay": 0.01}]])
+def test_master_weights_track_the_float32_run_exactly(groups):
+  p32 = _problem(jnp.float32)
+  p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), p32)
+  start32 = jax.tree.map(lambda x: x.astype(jnp.float32), p16)  # the same starting values
+  tx_master = lamb_optax.lamb(1e-2, weight_decay=0.01, groups=groups, master_weights=True)
+  tx_f32 = lamb_optax.lamb(1e-2, weight_decay=0.01, groups=groups)
+  s16, s32, p = tx_master.init(p16), tx_f32.init(start32), start32
+  for t in range(8):
+    g = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _grads(p32, t))
+    u16, s16 = jax.jit(tx_master.update)(g, s16, p16)
+    p16 = optax.apply_updates(p16, u16)
+    u32, s32 = jax.jit(tx_f32.update)(jax.tree.map(lambda x: x.astype(jnp.float32), g), s32, p)
+    p = optax.apply_updates(p, u32)
+    # the masters follow the float32 run; the bf16 params are the rounded masters
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7), s16.master, p)
+    jax.tree.map(
+      lambda q, m: np.testing.assert_array_equal(q, m.astype(jnp.bfloat16)), p16, s16.master
+    )
+
+
+def test_master_weights_state_memory():
+  p = {"a": jnp.ones((100,), jnp.bfloat16), "b": jnp.ones((50,), jnp.float32)}
+  state = lamb_optax.lamb(1e-3, master_weights=True).init(p)
+  assert state.master["a"].shape == (100,) and state.master["a"].dtype == jnp.float32
+  assert state.master["b"].shape == ()  # no copy for float32 leaves
+
+
+# --- non-finite gradients -----------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_apply_if_finite_skips_bad_steps_bit_identically(bad):
+  params = _problem()
+  tx = optax.apply_if_finite(lamb_optax.lamb(1e-2, weight_decay=0.01), max_consecutive_errors=5)
+  state = tx.init(params)
+  u, state = tx.update(_grads(params, 0), state, params)
+  params = optax.apply_updates(params, u)
+  g = _grads(params, 1)
+  g["dense"]["kernel"] = g["dense"]["kernel"].at[0, 0].set(bad)
+  u, new_state = jax.jit(tx.update)(g, state, params)
+  new_params = optax.apply_updates(params, u)
+  jax.tree.map(np.testing.assert_array_equal, new_params, params)
+  jax.tree.map(np.testing.assert_array_equal, new_state.inner_state, state.inner_state)
+  assert int(new_state.notfinite_count) == 1 and int(new_state.total_notfinite) == 1
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-30, 1e-20, 1.0, 1e10, 1e18])
+@pytest.mark.parametrize("what", ["params", "grads", "both"])
+def test_finite_extreme_values_give_finite_updates(scale, what):
+  params = _problem()
+  grads = _grads(params, 0)
+  if what in ("params", "both"):
+    params = jax.tree.map(lambda x: x * scale + (scale if scale else 0.0), params)
+  if what in ("grads", "both"):
+    grads = jax.tree.map(lambda x: x * scale, grads)
+  tx = lamb_optax.lamb(1e-3, weight_decay=0.01)
+  state = tx.init(params)
+  for _ in range(3):
+    u, state = jax.jit(tx.update)(grads, state, params)
+    params = optax.apply_updates(params, u)
+    for leaf in jax.tree.leaves((u, params, state)):
+      assert np.all(np.isfinite(np.asarray(leaf, np.float64))), leaf
+
+
+def test_huge_params_keep_the_lamb_invariant():
+  """||w|| ~ 1e19 overflows a float32 sum of squares; the ratio is still right."""
+  w = {"w": jnp.full((1000,), 1e18, jnp.float32)}
+  g = {"w": jnp.ones(1000, jnp.float32)}
+  tx = lamb_optax.lamb(1e-3, mask=None)
+  u, _ = tx.update(g, tx.init(w), w)
+  expected = 1e-3 * 1e18 * np.sqrt(1000)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(u["w"], np.float64)), expected, rtol=1e-5)
+
+
+def test_tiny_updates_get_their_true_ratio():
+  """Elements around 1e-24 vanish in a float32 sum of squares; safe_norm keeps them."""
+  w = {"w": jnp.full((16,), 1.0, jnp.float32)}
+  g = {"w": jnp.full((16,), 1e-30, jnp.float32)}  # u = m_hat / eps ~ 1e-24
+  tx = lamb_optax.lamb(1e-3, mask=None)
+  u, state = tx.update(g, tx.init(w), w)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(u["w"], np.float64)), 1e-3 * 4.0, rtol=1e-4)
+  assert float(lamb_optax.trust_ratios(state)["w"]) > 1e20
+
+
+# --- checkpoint and resume ----------------------------------------------------
+
+
+def _optimizers():
+  return {
+    "plain": lambda: lamb_optax.lamb(1e-2, weight_decay=0.01),
+    "grouped": lambda: lamb_optax.lamb(
+      [0.02, 0.01],
+      groups=[
+        {"params": "conv", "weight_decay": 0.01, "grad_centralization": True},
+        {"params": "^(dense|norm)", "lr": optax.cosine_decay_schedule(0.01, 10)},
+      ],
+    ),
+    "master_weights": lambda: lamb_optax.lamb(1e-2, weight_decay=0.01, master_weights=True),
+    "apply_if_finite": lambda: optax.apply_if_finite(lamb_optax.lamb(1e-2), 3),
+  }
+
+
+@pytest.mark.parametrize("name", list(_optimizers()))
+def test_checkpoint_resume_is_bit_identical(name, tmp_path):
+  dtype = jnp.bfloat16 if name == "master_weights" else jnp.float32
+  make = _optimizers()[name]
+
+  def run(params, state, tx, steps):
+    step = jax.jit(tx.update)
+    for t in steps:
+      g = _grads(params, t)
+      if name == "apply_if_finite" and t == 3:
+        g["dense"]["bias"] = g["dense"]["bias"].at[0].set(jnp.nan)
+      u, state = step(g, state, params)
+      params = optax.apply_updates(params, u)
+    return params, state
+
+  tx = make()
+  params0 = _problem(dtype)
+  full_p, full_s = run(params0, tx.init(params0), tx, range(8))
+
+  mid_p, mid_s = run(params0, tx.init(params0), tx, range(4))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(tmp_path / "ckpt", {"params": mid_p, "opt_state": mid_s})
+    ckptr.wait_until_finished()
+  tx2 = make()  # a fresh process would rebuild the optimizer
+  target = {
+    "params": jax.eval_shape(lambda: params0),
+    "opt_state": jax.eval_shape(tx2.init, params0),
+  }
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore(tmp_path / "ckpt", target)
+  res_p, res_s = run(restored["params"], restored["opt_state"], tx2, range(4, 8))
+  jax.tree.map(np.testing.assert_array_equal, res_p, full_p)
+  jax.tree.map(np.testing.assert_array_equal, res_s, full_s)
+
+
+def test_runs_are_deterministic():
+  outs = []
+  for _ in range(2):
+    params = _problem()
+    tx = lamb_optax.lamb(1e-2, weight_decay=0.01)
+    state = tx.init(params)
+    for t in range(5):
+      u, state = jax.jit(tx.update)(_grads(params, t), state, params)
+      params = optax.apply_updates(params, u)
+    outs.append(params)
+  jax.tree.map(np.testing.assert_array_equal, *outs)
+
+
+# --- bad input ----------------------------------------------------------------
+
+
+def test_gradient_with_missing_leaf():
+  params = _problem()
+  tx = lamb_optax.lamb(1e-2)
+  g = _grads(params, 0)
+  g["dense"]["bias"] = None
+  with pytest.raises(ValueError, match="same tree structure"):
+    tx.update(g, tx.init(params), params)
+
+
+def test_gradient_of_wrong_shape_names_the_leaf():
+  params = _problem()
+  tx = lamb_optax.lamb(1e-2)
+  g = _grads(params, 0)
+  g["conv"]["kernel"] = jnp.ones((3, 3, 2, 5))
+  with pytest.raises(ValueError, match=r"'conv/kernel' has shape \(3, 3, 2, 5\)"):
+    tx.update(g, tx.init(params), params)
+
+
+@pytest.mark.parametrize("empty", [{}, [], {"a": {}}, None])
+def test_empty_params(empty):
+  with pytest.raises(ValueError, match="no array leaves"):
+    lamb_optax.lamb(1e-2).init(empty)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_])
+def test_non_float_params(dtype):
+  with pytest.raises(TypeError, match="'w'.*floating or complex"):
+    lamb_optax.lamb(1e-2).init({"w": jnp.ones(3, dtype)})
+
+
+def test_integer_gradients():
+  params = {"w": jnp.ones(3)}
+  tx = lamb_optax.lamb(1e-2)
+  with pytest.raises(TypeError, match="`updates` leaf 'w'"):
+    tx.update({"w": jnp.ones(3, jnp.int32)}, tx.init(params), params)
+
+
+def test_weight_decay_schedule_returning_an_array():
+  params = {"w": jnp.ones(3)}
+  tx = lamb_optax.lamb(1e-2, weight_decay=lambda c: jnp.ones(2))
+  with pytest.raises(ValueError, match="scalar"):
+    tx.update(params, tx.init(params), params)
+
+
+def test_trust_ratio_mask_of_wrong_structure_fails_at_init():
+  with pytest.raises(ValueError, match="trust_ratio_mask.* must have the structure"):
+    lamb_optax.lamb(1e-2, trust_ratio_mask={"x": True}).init(_problem())
