@@ -66,8 +66,12 @@ def main() -> None:
     "bfloat16": run(jnp.bfloat16, False, args.steps, args.seed),
     "bfloat16 + master_weights": run(jnp.bfloat16, True, args.steps, args.seed),
   }
-  meta = {"command": f"python benchmarks/mixed_precision.py --steps {args.steps}",
-          "machine": platform.platform(), "jax": jax.__version__, "backend": jax.default_backend()}  # fmt: skip
+  meta = {
+    "command": f"python benchmarks/mixed_precision.py --steps {args.steps}",
+    "machine": platform.platform(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+  }
   (out / "mixed_precision.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
   for name, r in runs.items():
     tail = np.mean(r["losses"][-50:])

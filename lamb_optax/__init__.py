@@ -7,6 +7,9 @@ from lamb_optax._src.diagnostics import trust_ratios as trust_ratios
 from lamb_optax._src.inject import inject_hyperparams as inject_hyperparams
 from lamb_optax._src.precision import MasterWeightsState as MasterWeightsState
 from lamb_optax._src.precision import with_master_weights as with_master_weights
+from lamb_optax._src.sharding import layer_axes_from_partitioning as layer_axes_from_partitioning
+from lamb_optax._src.sharding import layer_axes_from_regex as layer_axes_from_regex
+from lamb_optax._src.sharding import state_shardings as state_shardings
 from lamb_optax._src.transforms import AddDecayedWeightsState as AddDecayedWeightsState
 from lamb_optax._src.transforms import ScaleByAdamState as ScaleByAdamState
 from lamb_optax._src.transforms import ScaleByLearningRateState as ScaleByLearningRateState
@@ -29,11 +32,14 @@ __all__ = [
   "centralize_gradients",
   "inject_hyperparams",
   "lamb",
+  "layer_axes_from_partitioning",
+  "layer_axes_from_regex",
   "masks",
   "mindspore_compat",
   "scale_by_adam",
   "scale_by_learning_rate",
   "scale_by_trust_ratio",
+  "state_shardings",
   "trust_ratios",
   "with_master_weights",
 ]

@@ -132,6 +132,20 @@ def centralize_gradients(out_axis: int = -1) -> optax.GradientTransformation:
 # ---------------------------------------------------------------------------
 
 
+def zeros_like_sharded(p: jax.Array, dtype: Any) -> jax.Array:
+  """Zeros shaped like ``p`` that XLA shards like ``p``, also inside ``jax.jit``.
+
+  ``jnp.zeros_like`` does not depend on ``p``'s values, so under ``jax.jit`` with
+  automatic sharding XLA places it on one device (a replicated optimizer state
+  defeats FSDP). Computing the zeros elementwise from ``p`` lets sharding
+  propagation give them ``p``'s sharding; ``where(isfinite(p), p * 0, 0)`` is
+  0 even where ``p`` is inf or NaN. It costs one read of ``p``, once, at init.
+  """
+  if jnp.iscomplexobj(p) and not jnp.issubdtype(dtype, jnp.complexfloating):
+    p = jnp.real(p)
+  return jnp.where(jnp.isfinite(p), p * 0, 0).astype(dtype)
+
+
 class ScaleByAdamState(NamedTuple):
   """State of :func:`scale_by_adam`."""
 
@@ -211,10 +225,11 @@ def scale_by_adam(
   moment_dtype = validation.check_dtype("moment_dtype", moment_dtype)
 
   def init_fn(params):
-    if not jax.tree.leaves(params):
+    # Empty containers are a mistake; an empty custom node is optax.tree.map_params' probe.
+    if params is None or (isinstance(params, (dict, list, tuple)) and not jax.tree.leaves(params)):
       raise ValueError(f"`params` has no array leaves: {params!r}.")
     _check_float_leaves("params", params)
-    zeros = lambda p: jnp.zeros_like(p, dtype=default_moment_dtype(p.dtype, moment_dtype))  # noqa: E731
+    zeros = lambda p: zeros_like_sharded(p, default_moment_dtype(p.dtype, moment_dtype))  # noqa: E731
     return ScaleByAdamState(
       count=jnp.zeros([], jnp.int32),
       mu=jax.tree.map(zeros, params),
@@ -485,8 +500,10 @@ def scale_by_trust_ratio(
     _check_float_leaves("params", params)
     masks_lib.resolve(_TR_MASK, mask, params)  # a bad mask fails here, before any step
     axes = resolve_layer_axes(layer_axes, params)
+    # 1 per leaf (per layer), computed from p so that a per-layer ratio of a
+    # leaf sharded along its layer axis starts sharded as the update leaves it.
     leaves = [
-      jnp.ones(np.shape(p)[:k], jnp.float32)
+      jnp.sum(zeros_like_sharded(p, jnp.float32), axis=tuple(range(k, np.ndim(p)))) + 1
       for p, k in zip(jax.tree.leaves(params), axes, strict=True)
     ]
     return ScaleByTrustRatioState(ratios=jax.tree.unflatten(jax.tree.structure(params), leaves))
