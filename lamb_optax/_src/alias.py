@@ -11,6 +11,7 @@ import optax
 from lamb_optax._src import groups as groups_lib
 from lamb_optax._src import masks as masks_lib
 from lamb_optax._src import precision, schedules, transforms, validation
+from lamb_optax._src.fused import fused_lamb
 
 
 def _chain(
@@ -29,8 +30,9 @@ def _chain(
   max_trust_ratio: Any,
   moment_dtype: Any,
   layer_axes: Any,
+  fused: bool,
 ) -> optax.GradientTransformationExtraArgs:
-  return optax.chain(
+  chain = optax.chain(
     transforms.centralize_gradients(centralize_out_axis) if centralize else optax.identity(),
     transforms.scale_by_adam(b1, b2, eps, eps_root, moment_dtype),
     transforms.add_decayed_weights(weight_decay, mask),
@@ -38,6 +40,24 @@ def _chain(
       min_trust_ratio, max_trust_ratio, trust_ratio_mask, layer_axes=layer_axes
     ),
     transforms.scale_by_learning_rate(learning_rate),
+  )
+  if not fused:
+    return chain
+  return fused_lamb(
+    chain,
+    learning_rate=schedules.as_schedule("learning_rate", learning_rate),
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    weight_decay=weight_decay,
+    mask=mask,
+    centralize=centralize,
+    centralize_out_axis=centralize_out_axis,
+    trust_ratio_mask=trust_ratio_mask,
+    min_trust_ratio=min_trust_ratio,
+    max_trust_ratio=max_trust_ratio,
+    layer_axes=layer_axes,
   )
 
 
@@ -58,6 +78,7 @@ def lamb(
   layer_axes: transforms.LayerAxes = None,
   centralize_out_axis: Optional[int] = None,
   master_weights: bool = False,
+  fused: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The LAMB optimizer (layer-wise adaptive moments for large batches).
 
@@ -78,8 +99,9 @@ def lamb(
   rate of step ``count`` (0-based).
 
   The optimizer is ``optax.chain(centralize | identity, scale_by_adam,
-  add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate)``; with
-  ``groups`` each group gets such a chain through ``optax.partition``.
+  add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate)``, by
+  default fused into two passes over memory per leaf; with ``groups`` each
+  group gets such a chain through ``optax.partition``.
 
   Args:
     learning_rate: a number >= 0, a 0-d array, a 1-D array / list / iterable
@@ -123,6 +145,11 @@ def lamb(
       state (4 bytes per such parameter) and emit float32 updates that make
       each parameter equal its rounded master (apex/Paddle multi-precision).
       No effect on float32/float64 parameters.
+    fused: True (default) computes the chain's math in two passes over memory
+      per leaf (``lamb_optax._src.fused``); False runs the chain of blocks
+      itself. Both have the same state. In float32 they agree to rounding; for
+      bfloat16/float16 the fused path keeps the direction in float32 between
+      stages where the chain rounds it to the gradient dtype.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -180,8 +207,10 @@ def lamb(
     max_trust_ratio=max_trust_ratio,
     moment_dtype=moment_dtype,
     layer_axes=layer_axes,
+    fused=fused,
   )
   validation.check_bool("master_weights", master_weights)
+  validation.check_bool("fused", fused)
   wrap = precision.with_master_weights if master_weights else (lambda tx: tx)
   if groups is None:
     return wrap(

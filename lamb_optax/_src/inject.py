@@ -21,6 +21,7 @@ STRUCTURAL_ARGS = (
   "moment_dtype",
   "centralize_out_axis",
   "master_weights",
+  "fused",
 )
 
 

@@ -9,7 +9,7 @@ of the updates it received.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 import jax
@@ -76,6 +76,17 @@ def _check_same_structure(updates: Any, params: Any, what: str = "params") -> No
 # ---------------------------------------------------------------------------
 
 
+def centralize_leaf(g: jax.Array, out_axis: int = -1) -> jax.Array:
+  """``g`` minus its mean over every axis but ``out_axis``; ndim < 2 passes through."""
+  if g.ndim < 2:
+    return g
+  if not -g.ndim <= out_axis < g.ndim:
+    raise ValueError(f"`out_axis`={out_axis} is out of range for a gradient of shape {g.shape}.")
+  axes = tuple(a for a in range(g.ndim) if a != out_axis % g.ndim)
+  g32 = g.astype(compute_dtype(g.dtype))
+  return (g32 - jnp.mean(g32, axis=axes, keepdims=True)).astype(g.dtype)
+
+
 def centralize_gradients(out_axis: int = -1) -> optax.GradientTransformation:
   r"""Gradient centralization (Yong et al., 2020), channel-last by default.
 
@@ -110,19 +121,9 @@ def centralize_gradients(out_axis: int = -1) -> optax.GradientTransformation:
   if isinstance(out_axis, bool) or not isinstance(out_axis, (int, np.integer)):
     raise TypeError(f"`out_axis` must be an int, got {type(out_axis).__name__} {out_axis!r}.")
 
-  def centralize(g: jax.Array) -> jax.Array:
-    if g.ndim < 2:
-      return g
-    axis = out_axis % g.ndim if -g.ndim <= out_axis < g.ndim else None
-    if axis is None:
-      raise ValueError(f"`out_axis`={out_axis} is out of range for a gradient of shape {g.shape}.")
-    axes = tuple(a for a in range(g.ndim) if a != axis)
-    g32 = g.astype(compute_dtype(g.dtype))
-    return (g32 - jnp.mean(g32, axis=axes, keepdims=True)).astype(g.dtype)
-
   def update_fn(updates, state, params=None):
     del params
-    return jax.tree.map(centralize, updates), state
+    return jax.tree.map(lambda g: centralize_leaf(g, out_axis), updates), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
@@ -175,6 +176,37 @@ def _decay_constants(b: Any, count: jax.Array, rdt: Any) -> tuple[jax.Array, jax
   b_ = jnp.asarray(b).astype(rdt)
   one_minus_b = 1 - b_
   return b_, one_minus_b, -jnp.expm1(count.astype(rdt) * jnp.log1p(-one_minus_b))
+
+
+def adam_leaf(
+  g: jax.Array, m: jax.Array, v: jax.Array, count: jax.Array, b1: Any, b2: Any, eps: Any,
+  eps_root: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array]:  # fmt: skip
+  """One leaf of Adam at step ``count`` (already incremented): ``(u, m', v')``.
+
+  All three are in :func:`compute_dtype` of ``g``; callers cast for storage.
+  """
+  cdt = compute_dtype(g.dtype)
+  rdt = _real_dtype(cdt)
+  b1_, one_minus_b1, _ = _decay_constants(b1, count, rdt)
+  b2_, one_minus_b2, _ = _decay_constants(b2, count, rdt)
+  g32 = g.astype(cdt)
+  m_new = b1_ * m.astype(cdt) + one_minus_b1 * g32
+  v_new = b2_ * v.astype(cdt) + one_minus_b2 * _abs_sq(g32)
+  return adam_direction(m_new, v_new, count, b1, b2, eps, eps_root), m_new, v_new
+
+
+def adam_direction(
+  m_new: jax.Array, v_new: jax.Array, count: jax.Array, b1: Any, b2: Any, eps: Any, eps_root: Any
+) -> jax.Array:
+  """``(m/(1-b1^t)) / (sqrt(v/(1-b2^t) + eps_root) + eps)`` in the moments' dtype."""
+  cdt = m_new.dtype
+  rdt = _real_dtype(cdt)
+  _, _, correction1 = _decay_constants(b1, count, rdt)
+  _, _, correction2 = _decay_constants(b2, count, rdt)
+  m_hat = m_new / correction1.astype(cdt)
+  v_hat = v_new / correction2.astype(cdt)
+  return m_hat / (jnp.sqrt(v_hat + jnp.asarray(eps_root, rdt)) + jnp.asarray(eps, rdt))
 
 
 def scale_by_adam(
@@ -243,16 +275,7 @@ def scale_by_adam(
     count = optax.safe_increment(state.count)
 
     def one(g, m, v):
-      cdt = compute_dtype(g.dtype)
-      rdt = _real_dtype(cdt)
-      b1_, one_minus_b1, correction1 = _decay_constants(b1, count, rdt)
-      b2_, one_minus_b2, correction2 = _decay_constants(b2, count, rdt)
-      g32 = g.astype(cdt)
-      m_new = b1_ * m.astype(cdt) + one_minus_b1 * g32
-      v_new = b2_ * v.astype(cdt) + one_minus_b2 * _abs_sq(g32)
-      m_hat = m_new / correction1.astype(cdt)
-      v_hat = v_new / correction2.astype(cdt)
-      u = m_hat / (jnp.sqrt(v_hat + jnp.asarray(eps_root, rdt)) + jnp.asarray(eps, rdt))
+      u, m_new, v_new = adam_leaf(g, m, v, count, b1, b2, eps, eps_root)
       return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
     out = jax.tree.map(one, updates, state.mu, state.nu)
@@ -387,31 +410,70 @@ _TR_MASK = "mask (lamb's trust_ratio_mask)"
 _SCALE = 2.0**64  # exact power of two: scaling by it never rounds
 
 
-def safe_norm(x: jax.Array, layer_axes: int = 0) -> jax.Array:
-  """``||x||`` over all axes but the first ``layer_axes``, without overflow or underflow.
+def _rows(size: int) -> int:
+  """Rows to split a flat reduction into, so XLA:CPU can run it on several cores."""
+  if size < 2**16:
+    return 1
+  rows = 256
+  while size % rows:
+    rows //= 2
+  return rows
 
-  The norm is taken in float32 (or wider for float64/complex128). Three sums of
-  squares are formed in the same pass: of ``x``, of ``x * 2**-64`` and of
-  ``x * 2**64``. Where the plain sum overflows (``|x|`` around 1e19 and up) the
-  scaled-down one is used; where it is below ``2**-60`` (elements around 1e-10
-  and below, whose squares lose precision or vanish) the scaled-up one. In the
-  range between, the result is exactly the plain ``sqrt(sum(x**2))``.
+
+def safe_norms(
+  items: Sequence[tuple[Callable[..., jax.Array], Sequence[jax.Array], int]],
+) -> list[jax.Array]:
+  """Norms of arrays of one shape, each over all axes but its first ``k``, overflow-safe.
+
+  Each item is ``(make_x, args, k)``: ``make_x(*args)`` builds the array (an
+  expression, so XLA computes it inside the reduction instead of storing it);
+  all items share one shape and ``k``. Norms are taken in float32 (or wider
+  for float64/complex128). For each array three sums of squares are formed: of
+  ``x``, of ``x * 2**-64`` and of ``x * 2**64``, all in one variadic reduction
+  (split into rows for multi-core CPUs), so the inputs are read once. Where the
+  plain sum overflows (``|x|`` around 1e19 and up) the scaled-down one is
+  used; where it is below ``2**-60`` (elements around 1e-10 and below, whose
+  squares lose precision or vanish) the scaled-up one. In the
+  range between, the result is exactly the plain ``sqrt(sum(|x|**2))``.
   """
-  x = x.astype(compute_dtype(x.dtype))
-  axes = tuple(range(layer_axes, x.ndim))
-  rdt = _real_dtype(x.dtype)
-  mid = jnp.sum(_abs_sq(x), axis=axes)
-  big = jnp.sum(_abs_sq(x * jnp.asarray(1 / _SCALE, rdt)), axis=axes)
-  small = jnp.sum(_abs_sq(x * jnp.asarray(_SCALE, rdt)), axis=axes)
-  return jnp.where(
-    jnp.isinf(mid),
-    jnp.sqrt(big) * jnp.asarray(_SCALE, rdt),
-    jnp.where(
-      mid < jnp.asarray(2.0**-60, rdt),
-      jnp.sqrt(small) * jnp.asarray(1 / _SCALE, rdt),
-      jnp.sqrt(mid),
-    ),
+  xs = [make_x(*args) for make_x, args, _ in items]
+  k = items[0][2]
+  xs = [x.astype(compute_dtype(x.dtype)) for x in xs]
+  rdt = np.dtype(jnp.result_type(*[_real_dtype(x.dtype) for x in xs]))
+  shape = xs[0].shape
+  lead, rest = shape[:k], int(np.prod(shape[k:], dtype=np.int64))
+  rows = _rows(rest)
+  operands = []
+  for x in xs:
+    x_rdt = _real_dtype(x.dtype)
+    for scale in (1.0, 1 / _SCALE, _SCALE):
+      sq = _abs_sq(x if scale == 1.0 else x * jnp.asarray(scale, x_rdt)).astype(rdt)
+      operands.append(sq.reshape((*lead, rows, rest // rows)))
+  zero = [jnp.zeros((), rdt)] * len(operands)
+  partial = jax.lax.reduce(
+    operands, zero, lambda a, b: [x + y for x, y in zip(a, b, strict=True)], (k + 1,)
   )
+  sums = [jnp.sum(p, axis=k) for p in partial]
+  norms = []
+  for i in range(len(xs)):
+    mid, big, small = sums[3 * i : 3 * i + 3]
+    norms.append(
+      jnp.where(
+        jnp.isinf(mid),
+        jnp.sqrt(big) * jnp.asarray(_SCALE, rdt),
+        jnp.where(
+          mid < jnp.asarray(2.0**-60, rdt),
+          jnp.sqrt(small) * jnp.asarray(1 / _SCALE, rdt),
+          jnp.sqrt(mid),
+        ),
+      )
+    )
+  return norms
+
+
+def safe_norm(x: jax.Array, layer_axes: int = 0) -> jax.Array:
+  """:func:`safe_norms` of one array."""
+  return safe_norms([(lambda x: x, (x,), layer_axes)])[0]
 
 
 def apply_trust_ratio(
@@ -521,7 +583,8 @@ def scale_by_trust_ratio(
         new_u.append(u)
         ratios.append(jnp.ones(u.shape[:k], jnp.float32))
         continue
-      scaled, r = apply_trust_ratio(u, safe_norm(w, k), safe_norm(u, k), min_ratio, max_ratio)
+      w_norm, u_norm = safe_norms([(lambda x: x, (w,), k), (lambda x: x, (u,), k)])
+      scaled, r = apply_trust_ratio(u, w_norm, u_norm, min_ratio, max_ratio)
       new_u.append(scaled.astype(u.dtype))
       ratios.append(r)
     tree_def = jax.tree.structure(updates)

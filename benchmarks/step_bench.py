@@ -1,0 +1,226 @@
+"""LAMB step speed, compile time and memory: lamb_optax vs optax.lamb vs optax.adamw.
+
+For each synthetic parameter tree, in one process, the optimizers are compiled
+(timed) and then stepped in interleaved rounds (one step of each per round), so
+they see the same machine state. Each step is ``jax.jit(step, donate_argnums=
+(0, 1))`` with ``step = update + apply_updates``: params and state donated.
+
+Reported per (tree, optimizer): median ms/step; effective GB/s at 10 float32
+words per parameter (LAMB's floor: read p, g, m, v, write p, m, v, plus one
+pass for the norms) and its ratio to a donated triad ``a = a + s*c`` measured
+here; compile seconds; optimizer-state bytes / parameter bytes; XLA temp bytes
+from ``compiled.memory_analysis()`` / parameter bytes.
+
+    python benchmarks/step_bench.py --out benchmarks/results            # all trees
+    python benchmarks/step_bench.py --trees bert,leaf64m --steps 20     # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import pathlib
+import platform
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import lamb_optax
+
+WORDS = 10  # float32 words moved per parameter by a LAMB step at the floor
+
+
+def bert_base_shapes() -> dict[str, tuple[int, ...]]:
+  """BERT-base: 199 leaves, 109.5M parameters."""
+  h, inter, vocab = 768, 3072, 30522
+  s = {
+    "embeddings/word": (vocab, h),
+    "embeddings/position": (512, h),
+    "embeddings/token_type": (2, h),
+    "embeddings/LayerNorm/gamma": (h,),
+    "embeddings/LayerNorm/beta": (h,),
+  }
+  for i in range(12):
+    p = f"encoder/layer_{i}"
+    for n in ("query", "key", "value", "attention_output"):
+      s[f"{p}/{n}/kernel"] = (h, h)
+      s[f"{p}/{n}/bias"] = (h,)
+    s[f"{p}/attention_LayerNorm/gamma"] = (h,)
+    s[f"{p}/attention_LayerNorm/beta"] = (h,)
+    s[f"{p}/intermediate/kernel"] = (h, inter)
+    s[f"{p}/intermediate/bias"] = (inter,)
+    s[f"{p}/output/kernel"] = (inter, h)
+    s[f"{p}/output/bias"] = (h,)
+    s[f"{p}/output_LayerNorm/gamma"] = (h,)
+    s[f"{p}/output_LayerNorm/beta"] = (h,)
+  s["pooler/kernel"] = (h, h)
+  s["pooler/bias"] = (h,)
+  return s
+
+
+def _split(total: int, n: int) -> dict[str, tuple[int, ...]]:
+  return {f"leaf_{i:04d}": (total // n,) for i in range(n)}
+
+
+TREES: dict[str, Callable[[], dict[str, tuple[int, ...]]]] = {
+  "bert": bert_base_shapes,
+  "16m_x1": lambda: _split(16 * 2**20, 1),
+  "16m_x16": lambda: _split(16 * 2**20, 16),
+  "16m_x256": lambda: _split(16 * 2**20, 256),
+  "16m_x4096": lambda: _split(16 * 2**20, 4096),
+  "2000x32x32": lambda: {f"leaf_{i:04d}": (32, 32) for i in range(2000)},
+  "leaf64m": lambda: {"w": (64 * 2**20,)},
+}
+
+
+def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
+  return {
+    "lamb_optax.lamb": lambda: lamb_optax.lamb(1e-3, weight_decay=0.01),
+    "optax.lamb": lambda: optax.lamb(1e-3, weight_decay=0.01, mask=lamb_optax.masks.mindspore),
+    "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=0.01),
+  }
+
+
+def _tree(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, jax.Array]:
+  key = jax.random.key(seed)
+  return {
+    k: jax.random.normal(jax.random.fold_in(key, i), s, jnp.float32)
+    for i, (k, s) in enumerate(shapes.items())
+  }
+
+
+def triad_gbps(n: int = 64 * 2**20, reps: int = 20) -> float:
+  """GB/s of a donated in-place ``a = a + s*c`` (3 words per element)."""
+  a = jnp.ones(n, jnp.float32)
+  c = jnp.ones(n, jnp.float32)
+  f = jax.jit(lambda a, c: a + 1e-3 * c, donate_argnums=0)
+  a = f(a, c).block_until_ready()
+  ts = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    a = f(a, c).block_until_ready()
+    ts.append(time.perf_counter() - t0)
+  return 3 * 4 * n / float(np.median(ts)) / 1e9
+
+
+def bench_tree(name: str, steps: int, skip: set[str]) -> list[dict]:
+  shapes = TREES[name]()
+  n_params = int(sum(np.prod(s) for s in shapes.values()))
+  param_bytes = 4 * n_params
+  grads = _tree(shapes, 1)
+  runs = {}
+  for opt_name, make in optimizers().items():
+    if f"{name}:{opt_name}" in skip:
+      continue
+    tx = make()
+
+    def step(p, s, g, tx=tx):
+      u, s = tx.update(g, s, p)
+      return optax.apply_updates(p, u), s
+
+    params = _tree(shapes, 0)
+    state = jax.jit(tx.init)(params)
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    runs[opt_name] = {
+      "compiled": compiled,
+      "params": params,
+      "state": state,
+      "times": [],
+      "row": {
+        "tree": name,
+        "optimizer": opt_name,
+        "leaves": len(shapes),
+        "params": n_params,
+        "compile_s": compile_s,
+        "state_over_params": sum(x.nbytes for x in jax.tree.leaves(state)) / param_bytes,
+        "temp_over_params": (mem.temp_size_in_bytes / param_bytes) if mem else None,
+      },
+    }
+  for r in runs.values():  # warm-up
+    r["params"], r["state"] = r["compiled"](r["params"], r["state"], grads)
+    jax.block_until_ready(r["params"])
+  for _ in range(steps):
+    for r in runs.values():
+      t0 = time.perf_counter()
+      r["params"], r["state"] = r["compiled"](r["params"], r["state"], grads)
+      jax.block_until_ready((r["params"], r["state"]))
+      r["times"].append(time.perf_counter() - t0)
+  rows = []
+  for r in runs.values():
+    ms = 1e3 * float(np.median(r["times"]))
+    row = dict(r["row"], ms=ms, gbps=WORDS * param_bytes / (ms / 1e3) / 1e9)
+    rows.append(row)
+  del runs
+  gc.collect()
+  return rows
+
+
+def table(rows: list[dict], triad: float) -> str:
+  out = [
+    "| tree | optimizer | ms/step | vs optax.lamb | GB/s @10 words | of triad | compile s |"
+    " state/params | temp/params |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  base = {r["tree"]: r for r in rows if r["optimizer"] == "optax.lamb"}
+  for r in rows:
+    b = base.get(r["tree"])
+    rel = f"{r['ms'] / b['ms']:.2f}x" if b else "n/a"
+    temp = "n/a" if r["temp_over_params"] is None else f"{r['temp_over_params']:.2f}"
+    out.append(
+      f"| {r['tree']} ({r['leaves']} leaves, {r['params'] / 1e6:.1f}M) | {r['optimizer']} |"
+      f" {r['ms']:.1f} | {rel} | {r['gbps']:.1f} | {r['gbps'] / triad:.2f} |"
+      f" {r['compile_s']:.1f} | {r['state_over_params']:.2f} | {temp} |"
+    )
+  return "\n".join(out)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--trees", default=",".join(TREES), help=f"comma list of {list(TREES)}")
+  ap.add_argument("--steps", type=int, default=20)
+  ap.add_argument(
+    "--skip",
+    default="16m_x4096:optax.lamb,16m_x4096:optax.adamw",
+    help="tree:optimizer pairs not to run (optax.lamb did not compile 4096 leaves in 470 s)",
+  )
+  ap.add_argument("--out", default="benchmarks/results")
+  ap.add_argument("--tag", default=jax.default_backend())
+  args = ap.parse_args()
+  skip = {s for s in args.skip.split(",") if s}
+  triad = triad_gbps()
+  print(f"triad: {triad:.1f} GB/s on {jax.devices()[0].device_kind}", flush=True)
+  rows = []
+  for name in args.trees.split(","):
+    rows += bench_tree(name, args.steps, skip)
+    print(table([r for r in rows if r["tree"] == name], triad), flush=True)
+  meta = {
+    "command": "python benchmarks/step_bench.py "
+    + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k not in ("out",)),
+    "machine": f"{platform.platform()}, {os.cpu_count()} cores, {jax.devices()[0].device_kind}",
+    "jax": jax.__version__,
+    "optax": optax.__version__,
+    "triad_gbps": triad,
+  }
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f"step_bench_{args.tag}.json").write_text(
+    json.dumps({"meta": meta, "rows": rows}, indent=1)
+  )
+  (out / f"step_bench_{args.tag}.md").write_text(
+    f"`{meta['command']}` on {meta['machine']} (jax {meta['jax']}, optax {meta['optax']}),"
+    f" triad {triad:.1f} GB/s\n\n" + table(rows, triad) + "\n"
+  )
+  print(table(rows, triad))
+
+
+if __name__ == "__main__":
+  main()

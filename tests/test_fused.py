@@ -1,0 +1,91 @@
+"""The fused default update equals the chain of blocks (``fused=False``)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lamb_optax
+
+
+def _tree(dtype=jnp.float32):
+  rng = np.random.default_rng(0)
+  t = {
+    "conv": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": rng.normal(size=(4,))},
+    "dense": {"kernel": rng.normal(size=(6, 5))},
+    "LayerNorm": {"gamma": 1 + rng.normal(size=(5,)) * 0.1, "beta": np.zeros(5)},
+    "stack": rng.normal(size=(3, 4, 4)),
+  }
+  return jax.tree.map(lambda x: jnp.asarray(x, dtype), t)
+
+
+CONFIGS = {
+  "default": dict(learning_rate=0.05, weight_decay=0.01),
+  "options": dict(
+    learning_rate=[0.05, 0.02, 0.01],
+    weight_decay=lambda c: 0.02 / (c + 1),
+    mask=None,
+    eps_root=1e-9,
+    trust_ratio_mask=lamb_optax.masks.from_regex("bias", invert=True),
+    min_trust_ratio=0.5,
+    max_trust_ratio=3.0,
+    layer_axes=lamb_optax.layer_axes_from_regex("^stack"),
+  ),
+  "groups": dict(
+    learning_rate=0.05,
+    groups=[
+      {"params": "^conv", "weight_decay": 0.01, "grad_centralization": True},
+      {"params": "^(dense|LayerNorm|stack)", "lr": optax.cosine_decay_schedule(0.05, 5)},
+    ],
+  ),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_equals_chain_in_float32(name):
+  fused = lamb_optax.lamb(**CONFIGS[name])
+  chain = lamb_optax.lamb(**CONFIGS[name], fused=False)
+  p1 = p2 = _tree()
+  s1, s2 = fused.init(p1), chain.init(p2)
+  assert jax.tree.structure(s1) == jax.tree.structure(s2)
+  rng = np.random.default_rng(1)
+  for _ in range(6):
+    g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), p1)
+    u1, s1 = jax.jit(fused.update)(g, s1, p1)
+    u2, s2 = jax.jit(chain.update)(g, s2, p2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-9), u1, u2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-9), s1, s2)
+    p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+
+
+def test_fused_bfloat16_close_to_chain():
+  """The chain rounds the direction to bf16 between blocks; the fused path does not."""
+  fused = lamb_optax.lamb(0.05, weight_decay=0.01)
+  chain = lamb_optax.lamb(0.05, weight_decay=0.01, fused=False)
+  p = _tree(jnp.bfloat16)
+  g = jax.tree.map(lambda x: (x * 0.5 + 0.1).astype(jnp.bfloat16), p)
+  u1, _ = fused.update(g, fused.init(p), p)
+  u2, _ = chain.update(g, chain.init(p), p)
+  for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), strict=True):
+    assert a.dtype == b.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2)
+
+
+def test_fused_has_no_materialised_direction():
+  """XLA temp memory of a fused step stays below the parameter bytes (64k-float leaf)."""
+  params = {"w": jnp.ones((256, 256))}
+  tx = lamb_optax.lamb(1e-3, weight_decay=0.01)
+  state = tx.init(params)
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  mem = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
+  analysis = mem.memory_analysis()
+  if analysis is None:
+    pytest.skip("this backend reports no memory analysis")
+  assert analysis.temp_size_in_bytes <= params["w"].nbytes
