@@ -82,6 +82,7 @@ TREES: dict[str, Callable[[], dict[str, tuple[int, ...]]]] = {
 def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
   return {
     "lamb_optax.lamb": lambda: lamb_optax.lamb(1e-3, weight_decay=0.01),
+    "lamb_optax.lamb(fused=False)": lambda: lamb_optax.lamb(1e-3, weight_decay=0.01, fused=False),
     "optax.lamb": lambda: optax.lamb(1e-3, weight_decay=0.01, mask=lamb_optax.masks.mindspore),
     "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=0.01),
   }

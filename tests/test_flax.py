@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -60,7 +62,7 @@ def test_linen_train_state(groups):
     apply_fn=model.apply, params=params, tx=lamb_optax.lamb(0.05, groups=groups)
   )
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=0)  # params and optimizer state donated
   def step(state):
     loss, grads = jax.value_and_grad(lambda p: _loss(state.apply_fn({"params": p}, x), y))(
       state.params

@@ -1,0 +1,218 @@
+"""Writes the notebooks (source of truth for their cells). Run, then execute them:
+
+python notebooks/_make.py
+for nb in notebooks/0*.ipynb; do jupyter nbconvert --to notebook --execute --inplace "$nb"; done
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = pathlib.Path(__file__).parent
+REPO = "lamb-optax/lamb_optax"  # the GitHub path the Colab badges point at
+
+INSTALL = f"""# On Colab only: install lamb_optax with its examples extra.
+import sys, subprocess
+if "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "lamb_optax[examples] @ git+https://github.com/{REPO}"], check=True)"""
+
+SMOKE = """import os
+SMOKE = os.environ.get("LAMB_OPTAX_SMOKE") == "1"   # the test suite runs a fast version"""
+
+
+def header(name: str, title: str, text: str) -> list:
+  badge = (
+    f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+    f"(https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{name})"
+  )
+  return [new_markdown_cell(f"# {title}\n\n{text}\n\n{badge}"), new_code_cell(INSTALL)]
+
+
+def quickstart() -> list:
+  return [
+    *header(
+      "01_quickstart.ipynb",
+      "lamb_optax quickstart",
+      "Train a small Flax CNN on scikit-learn's 8x8 handwritten digits (they ship with the"
+      " package, no download) with LAMB, in a dozen lines, and plot the loss.",
+    ),
+    new_code_cell(SMOKE),
+    new_code_cell(
+      """import jax, jax.numpy as jnp, numpy as np, optax
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
+import lamb_optax
+from lamb_optax import demo
+
+x_tr, y_tr, x_te, y_te = demo.load_digits(seed=0)        # (N, 8, 8, 1) images in [0, 1]
+model = demo.make_model()                                   # conv1, conv2, norm, head
+params = model.init(jax.random.key(0), jnp.asarray(x_tr[:1]))["params"]
+tx = lamb_optax.lamb(learning_rate=0.01, weight_decay=1e-4, mask=lamb_optax.masks.flax)
+state = tx.init(params)
+
+@jax.jit
+def step(params, state, x, y):
+    def loss_fn(p):
+        logits = model.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss"""
+    ),
+    new_code_cell(
+      """rng = np.random.default_rng(0)
+losses = []
+for _ in tqdm(range(30 if SMOKE else 400)):
+    idx = rng.choice(len(x_tr), 128, replace=False)
+    params, state, loss = step(params, state, jnp.asarray(x_tr[idx]), jnp.asarray(y_tr[idx]))
+    losses.append(float(loss))
+acc = np.mean(np.asarray(model.apply({"params": params}, jnp.asarray(x_te)).argmax(-1)) == y_te)
+print(f"test accuracy: {acc:.3f}")
+plt.semilogy(losses); plt.xlabel("step"); plt.ylabel("training loss"); plt.title("LAMB on digits")
+plt.show()"""
+    ),
+  ]
+
+
+def groups() -> list:
+  return [
+    *header(
+      "02_parameter_groups.ipynb",
+      "Parameter groups: MindSpore's nn.Lamb example, ported",
+      "MindSpore's `nn.Lamb` docstring trains convolution parameters with weight decay 0.01 and"
+      " gradient centralization, the rest with a polynomially decaying learning rate, and fixes"
+      " the parameter order with `order_params`. Here is the same thing on a Flax model, the"
+      " ready-made masks, and the learning rate each group gets.",
+    ),
+    new_code_cell(SMOKE),
+    new_code_cell(
+      """import jax, jax.numpy as jnp, numpy as np, optax
+import matplotlib.pyplot as plt
+import lamb_optax
+from lamb_optax import demo
+from lamb_optax.mindspore_compat import Lamb, PolynomialDecayLR
+
+model = demo.make_model()
+x_tr, y_tr, x_te, y_te = demo.load_digits(seed=0)
+params = model.init(jax.random.key(0), jnp.asarray(x_tr[:1]))["params"]
+paths = [p for p, _ in lamb_optax.masks.named_leaves(params)]
+paths"""
+    ),
+    new_code_cell(
+      """steps = 40 if SMOKE else 300
+poly_decay_lr = PolynomialDecayLR(learning_rate=0.01, end_learning_rate=0.001,
+                                  decay_steps=steps, power=0.5)
+conv_params = [p for p in paths if "conv" in p]
+no_conv_params = [p for p in paths if "conv" not in p]
+group_params = [{"params": conv_params, "weight_decay": 0.01, "grad_centralization": True},
+                {"params": no_conv_params, "lr": poly_decay_lr},
+                {"order_params": paths}]
+tx = Lamb(group_params, learning_rate=0.01, weight_decay=0.0)
+# the same optimizer, optax-style:
+tx_same = lamb_optax.lamb(0.01, weight_decay=0.0, groups=group_params)"""
+    ),
+    new_markdown_cell(
+      "Masks look only at paths and shapes. MindSpore's default rule decays every leaf whose"
+      " path has neither `beta` nor `gamma`; the Flax rule skips biases and norm scales."
+    ),
+    new_code_cell(
+      """print("mindspore:", lamb_optax.masks.mindspore(params)["norm"])
+print("flax:     ", lamb_optax.masks.flax(params)["conv1"])
+print("regex:    ", lamb_optax.masks.from_regex("head")(params)["head"])"""
+    ),
+    new_code_cell(
+      """state = tx.init(params)
+
+@jax.jit
+def step(params, state, x, y):
+    def loss_fn(p):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            model.apply({"params": p}, x), y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss
+
+rng = np.random.default_rng(0)
+for _ in range(steps):
+    idx = rng.choice(len(x_tr), 128, replace=False)
+    params, state, loss = step(params, state, jnp.asarray(x_tr[idx]), jnp.asarray(y_tr[idx]))
+acc = np.mean(np.asarray(model.apply({"params": params}, jnp.asarray(x_te)).argmax(-1)) == y_te)
+print(f"test accuracy: {acc:.3f}")"""
+    ),
+    new_code_cell(
+      """t = np.arange(steps + 20)
+plt.plot(t, np.full(t.shape, 0.01), label="group 0: conv (fixed lr, wd 0.01, centralized)")
+plt.plot(t, [float(poly_decay_lr(s)) for s in t], label="group 1: rest (PolynomialDecayLR)")
+plt.xlabel("step"); plt.ylabel("learning rate"); plt.legend(); plt.title("per-group learning rates")
+plt.show()"""
+    ),
+  ]
+
+
+def large_batch() -> list:
+  return [
+    *header(
+      "03_large_batch.ipynb",
+      "Large batches: LAMB vs AdamW",
+      "You et al. built LAMB so that the batch can grow without losing accuracy. In miniature,"
+      " on real data: both optimizers train the same CNN on digits for a fixed number of epochs"
+      " at batch sizes from 32 to the whole training set, with the learning rate scaled by"
+      " sqrt(batch / 32). Then the per-layer trust ratios LAMB applied during training.",
+    ),
+    new_code_cell(SMOKE),
+    new_code_cell(
+      """import numpy as np
+import matplotlib.pyplot as plt
+from lamb_optax import demo
+
+batch_sizes = [32, 1437] if SMOKE else [32, 64, 128, 256, 512, 1437]
+epochs = 2 if SMOKE else 20
+rows = demo.large_batch_study(batch_sizes, epochs, progress=not SMOKE)
+for r in rows:
+    print(f"{r['optimizer']:>5}  batch {r['batch_size']:>4}  steps {r['steps']:>4}"
+          f"  lr {r['lr']:.4f}  test accuracy {r['accuracy']:.3f}")"""
+    ),
+    new_code_cell(
+      """for opt, label in (("lamb", "LAMB"), ("adamw", "AdamW")):
+    pts = sorted((r["batch_size"], r["accuracy"]) for r in rows if r["optimizer"] == opt)
+    plt.plot(*zip(*pts), "o-", label=label)
+plt.xscale("log", base=2); plt.xlabel("batch size"); plt.ylabel(f"test accuracy, {epochs} epochs")
+plt.legend(); plt.title("accuracy vs batch size"); plt.show()"""
+    ),
+    new_markdown_cell(
+      "`lamb_optax.trust_ratios(state)` returns the ratio ||w|| / ||u|| each leaf got at the"
+      " last step; the demo logs it every step. Kernels of the small-batch LAMB run:"
+    ),
+    new_code_cell(
+      """small = batch_sizes[0]
+run = next(r for r in rows if r["optimizer"] == "lamb" and r["batch_size"] == small)
+for path in run["trust_ratios"][0]:
+    if path.endswith("kernel"):
+        plt.semilogy([step[path] for step in run["trust_ratios"]], label=path)
+plt.xlabel("step"); plt.ylabel("trust ratio ||w|| / ||u||"); plt.legend()
+plt.title("per-layer trust ratios"); plt.show()"""
+    ),
+  ]
+
+
+def main() -> None:
+  for name, cells in (
+    ("01_quickstart.ipynb", quickstart()),
+    ("02_parameter_groups.ipynb", groups()),
+    ("03_large_batch.ipynb", large_batch()),
+  ):
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {
+      "name": "python3",
+      "display_name": "Python 3",
+      "language": "python",
+    }
+    nbformat.write(nb, HERE / name)
+
+
+if __name__ == "__main__":
+  main()
