@@ -69,16 +69,6 @@ def fused_lamb(
     tr_flags = masks_lib.resolve(transforms._TR_MASK, trust_ratio_mask, params)
     axes = transforms.resolve_layer_axes(layer_axes, params)
 
-    def moments(g, m, v):
-      cdt = transforms.compute_dtype(g.dtype)
-      rdt = transforms._real_dtype(cdt)
-      b1_, one_minus_b1, _ = transforms._decay_constants(b1, count, rdt)
-      b2_, one_minus_b2, _ = transforms._decay_constants(b2, count, rdt)
-      g32 = g.astype(cdt)
-      m_new = b1_ * m.astype(cdt) + one_minus_b1 * g32
-      v_new = b2_ * v.astype(cdt) + one_minus_b2 * transforms._abs_sq(g32)
-      return m_new, v_new
-
     def direction(m_new, v_new, w, decay):
       u = transforms.adam_direction(m_new, v_new, count, b1, b2, eps, eps_root)
       if decay:
@@ -104,7 +94,7 @@ def fused_lamb(
     for g, m, v, w, decay, trust, k in leaves:
       if centralize:
         g = transforms.centralize_leaf(g, centralize_out_axis)
-      m_new, v_new = moments(g, m, v)
+      m_new, v_new = transforms.adam_moments(g, m, v, count, b1, b2)
       work.append((g, m, v, w, decay, trust, k, m_new, v_new))
     norms = []
     for _, _, _, w, decay, trust, k, m_new, v_new in work:

@@ -186,6 +186,14 @@ def adam_leaf(
 
   All three are in :func:`compute_dtype` of ``g``; callers cast for storage.
   """
+  m_new, v_new = adam_moments(g, m, v, count, b1, b2)
+  return adam_direction(m_new, v_new, count, b1, b2, eps, eps_root), m_new, v_new
+
+
+def adam_moments(
+  g: jax.Array, m: jax.Array, v: jax.Array, count: jax.Array, b1: Any, b2: Any
+) -> tuple[jax.Array, jax.Array]:
+  """``m' = b1 m + (1-b1) g``, ``v' = b2 v + (1-b2) |g|^2`` in :func:`compute_dtype` of ``g``."""
   cdt = compute_dtype(g.dtype)
   rdt = _real_dtype(cdt)
   b1_, one_minus_b1, _ = _decay_constants(b1, count, rdt)
@@ -193,7 +201,7 @@ def adam_leaf(
   g32 = g.astype(cdt)
   m_new = b1_ * m.astype(cdt) + one_minus_b1 * g32
   v_new = b2_ * v.astype(cdt) + one_minus_b2 * _abs_sq(g32)
-  return adam_direction(m_new, v_new, count, b1, b2, eps, eps_root), m_new, v_new
+  return m_new, v_new
 
 
 def adam_direction(
