@@ -34,3 +34,9 @@ def test_bad_flags_give_a_short_error_not_a_traceback(flags):
   assert proc.returncode == 2
   assert "Traceback" not in proc.stderr
   assert "error:" in proc.stderr.splitlines()[-1]
+
+
+def test_demo_defaults_reach_095(capsys):
+  assert demo.main([]) == 0
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert float(line.split(": ")[1]) >= 0.95
