@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +42,16 @@ def _positive_float(text: str) -> float:
   return value
 
 
+class _Parser(argparse.ArgumentParser):
+  """Reports a bad flag in one line (no usage block, no traceback)."""
+
+  def error(self, message: str) -> NoReturn:
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The demo's command-line flags."""
-  p = argparse.ArgumentParser(prog="python -m lamb_optax.demo", description=__doc__.split("\n")[0])
+  p = _Parser(prog="python -m lamb_optax.demo", description=__doc__.split("\n")[0])
   p.add_argument("--steps", type=_positive_int, default=400, help="training steps (400)")
   p.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (128)")
   p.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate")
