@@ -14,51 +14,27 @@ from lamb_optax._src import precision, schedules, transforms, validation
 from lamb_optax._src.fused import fused_lamb
 
 
-def _chain(
-  *,
-  learning_rate: Any,
-  b1: Any,
-  b2: Any,
-  eps: Any,
-  eps_root: Any,
-  weight_decay: Any,
-  mask: masks_lib.MaskOrFn,
-  centralize: bool,
-  centralize_out_axis: int,
-  trust_ratio_mask: masks_lib.MaskOrFn,
-  min_trust_ratio: Any,
-  max_trust_ratio: Any,
-  moment_dtype: Any,
-  layer_axes: Any,
-  fused: bool,
-) -> optax.GradientTransformationExtraArgs:
+def _chain(*, fused: bool, **options: Any) -> optax.GradientTransformationExtraArgs:
+  """The chain of blocks for one set of options; fused into two passes unless ``fused`` is False.
+
+  ``options`` are the keyword arguments of :func:`fused_lamb` plus ``moment_dtype``
+  (the fused path takes the state, moment dtype included, from the chain's init).
+  """
+  o = options
   chain = optax.chain(
-    transforms.centralize_gradients(centralize_out_axis) if centralize else optax.identity(),
-    transforms.scale_by_adam(b1, b2, eps, eps_root, moment_dtype),
-    transforms.add_decayed_weights(weight_decay, mask),
+    transforms.centralize_gradients(o["centralize_out_axis"])
+    if o["centralize"]
+    else optax.identity(),
+    transforms.scale_by_adam(o["b1"], o["b2"], o["eps"], o["eps_root"], o["moment_dtype"]),
+    transforms.add_decayed_weights(o["weight_decay"], o["mask"]),
     transforms.scale_by_trust_ratio(
-      min_trust_ratio, max_trust_ratio, trust_ratio_mask, layer_axes=layer_axes
+      o["min_trust_ratio"], o["max_trust_ratio"], o["trust_ratio_mask"], layer_axes=o["layer_axes"]
     ),
-    transforms.scale_by_learning_rate(learning_rate),
+    transforms.scale_by_learning_rate(o["learning_rate"]),
   )
   if not fused:
     return chain
-  return fused_lamb(
-    chain,
-    learning_rate=schedules.as_schedule("learning_rate", learning_rate),
-    b1=b1,
-    b2=b2,
-    eps=eps,
-    eps_root=eps_root,
-    weight_decay=weight_decay,
-    mask=mask,
-    centralize=centralize,
-    centralize_out_axis=centralize_out_axis,
-    trust_ratio_mask=trust_ratio_mask,
-    min_trust_ratio=min_trust_ratio,
-    max_trust_ratio=max_trust_ratio,
-    layer_axes=layer_axes,
-  )
+  return fused_lamb(chain, **{k: v for k, v in options.items() if k != "moment_dtype"})
 
 
 def lamb(

@@ -479,11 +479,6 @@ def safe_norms(
   return norms
 
 
-def safe_norm(x: jax.Array, layer_axes: int = 0) -> jax.Array:
-  """:func:`safe_norms` of one array."""
-  return safe_norms([(lambda x: x, (x,), layer_axes)])[0]
-
-
 def apply_trust_ratio(
   u: jax.Array,
   w_norm: jax.Array,
@@ -531,7 +526,7 @@ def scale_by_trust_ratio(
 
   Norms are taken in float32 (float16 leaves whose sum of squares exceeds 65504
   still get the right ratio) and are safe from overflow and underflow
-  (:func:`safe_norm`), so finite inputs give finite updates.
+  (:func:`safe_norms`), so finite inputs give finite updates.
   ``optax.scale_by_trust_ratio`` takes one norm per leaf, has no clipping, no
   exclusion mask and keeps no record of the ratios; this block adds all three,
   plus one ratio per layer for stacked leaves.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -142,10 +141,3 @@ def check_dtype(name: str, value: Any) -> np.dtype | None:
   if not jax.dtypes.issubdtype(dtype, np.inexact):
     raise TypeError(f"`{name}` must be a floating or complex dtype, got {value!r}.")
   return dtype
-
-
-def check_callable(name: str, value: Any) -> Callable[..., Any]:
-  """Checks that ``value`` is callable."""
-  if not callable(value):
-    raise TypeError(f"`{name}` must be callable, got {type(value).__name__} {value!r}.")
-  return value
