@@ -9,7 +9,9 @@ Reported per (tree, optimizer): median ms/step; effective GB/s at 10 float32
 words per parameter (LAMB's floor: read p, g, m, v, write p, m, v, plus one
 pass for the norms) and its ratio to a donated triad ``a = a + s*c`` measured
 here; compile seconds; optimizer-state bytes / parameter bytes; XLA temp bytes
-from ``compiled.memory_analysis()`` / parameter bytes.
+from ``compiled.memory_analysis()`` / parameter bytes; minor page faults per
+step (``getrusage``, median): the cost of temporaries that the allocator
+hands back to the OS every step.
 
     python benchmarks/step_bench.py --out benchmarks/results            # all trees
     python benchmarks/step_bench.py --trees bert,leaf64m --steps 20     # a subset
@@ -23,6 +25,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import time
 from collections.abc import Callable
 
@@ -83,6 +86,9 @@ def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
   return {
     "lamb_optax.lamb": lambda: lamb_optax.lamb(1e-3, weight_decay=0.01),
     "lamb_optax.lamb(fused=False)": lambda: lamb_optax.lamb(1e-3, weight_decay=0.01, fused=False),
+    "lamb_optax.lamb(multi_tensor=True)": lambda: lamb_optax.lamb(
+      1e-3, weight_decay=0.01, multi_tensor=True
+    ),
     "optax.lamb": lambda: optax.lamb(1e-3, weight_decay=0.01, mask=lamb_optax.masks.mindspore),
     "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=0.01),
   }
@@ -110,14 +116,14 @@ def triad_gbps(n: int = 64 * 2**20, reps: int = 20) -> float:
   return 3 * 4 * n / float(np.median(ts)) / 1e9
 
 
-def bench_tree(name: str, steps: int, skip: set[str]) -> list[dict]:
+def bench_tree(name: str, steps: int, skip: set[str], only: set[str]) -> list[dict]:
   shapes = TREES[name]()
   n_params = int(sum(np.prod(s) for s in shapes.values()))
   param_bytes = 4 * n_params
   grads = _tree(shapes, 1)
   runs = {}
   for opt_name, make in optimizers().items():
-    if f"{name}:{opt_name}" in skip:
+    if f"{name}:{opt_name}" in skip or (only and opt_name not in only):
       continue
     tx = make()
 
@@ -136,6 +142,7 @@ def bench_tree(name: str, steps: int, skip: set[str]) -> list[dict]:
       "params": params,
       "state": state,
       "times": [],
+      "faults": [],
       "row": {
         "tree": name,
         "optimizer": opt_name,
@@ -151,14 +158,21 @@ def bench_tree(name: str, steps: int, skip: set[str]) -> list[dict]:
     jax.block_until_ready(r["params"])
   for _ in range(steps):
     for r in runs.values():
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       t0 = time.perf_counter()
       r["params"], r["state"] = r["compiled"](r["params"], r["state"], grads)
       jax.block_until_ready((r["params"], r["state"]))
       r["times"].append(time.perf_counter() - t0)
+      r["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
   rows = []
   for r in runs.values():
     ms = 1e3 * float(np.median(r["times"]))
-    row = dict(r["row"], ms=ms, gbps=WORDS * param_bytes / (ms / 1e3) / 1e9)
+    row = dict(
+      r["row"],
+      ms=ms,
+      gbps=WORDS * param_bytes / (ms / 1e3) / 1e9,
+      faults_per_step=float(np.median(r["faults"])),
+    )
     rows.append(row)
   del runs
   gc.collect()
@@ -168,8 +182,8 @@ def bench_tree(name: str, steps: int, skip: set[str]) -> list[dict]:
 def table(rows: list[dict], triad: float) -> str:
   out = [
     "| tree | optimizer | ms/step | vs optax.lamb | GB/s @10 words | of triad | compile s |"
-    " state/params | temp/params |",
-    "|---|---|---|---|---|---|---|---|---|",
+    " state/params | temp/params | minor faults/step |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   base = {r["tree"]: r for r in rows if r["optimizer"] == "optax.lamb"}
   for r in rows:
@@ -180,6 +194,7 @@ def table(rows: list[dict], triad: float) -> str:
       f"| {r['tree']} ({r['leaves']} leaves, {r['params'] / 1e6:.1f}M) | {r['optimizer']} |"
       f" {r['ms']:.1f} | {rel} | {r['gbps']:.1f} | {r['gbps'] / triad:.2f} |"
       f" {r['compile_s']:.1f} | {r['state_over_params']:.2f} | {temp} |"
+      f" {r.get('faults_per_step', float('nan')):.0f} |"
     )
   return "\n".join(out)
 
@@ -193,6 +208,9 @@ def main() -> None:
     default="16m_x4096:optax.lamb,16m_x4096:optax.adamw",
     help="tree:optimizer pairs not to run (optax.lamb did not compile 4096 leaves in 470 s)",
   )
+  ap.add_argument(
+    "--optimizers", default="", help=f"comma list of {list(optimizers())}; empty: all"
+  )
   ap.add_argument("--out", default="benchmarks/results")
   ap.add_argument("--tag", default=jax.default_backend())
   args = ap.parse_args()
@@ -201,7 +219,7 @@ def main() -> None:
   print(f"triad: {triad:.1f} GB/s on {jax.devices()[0].device_kind}", flush=True)
   rows = []
   for name in args.trees.split(","):
-    rows += bench_tree(name, args.steps, skip)
+    rows += bench_tree(name, args.steps, skip, {o for o in args.optimizers.split(",") if o})
     print(table([r for r in rows if r["tree"] == name], triad), flush=True)
   meta = {
     "command": "python benchmarks/step_bench.py "

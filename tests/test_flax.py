@@ -24,6 +24,13 @@ GROUPS = [
   },
 ]
 
+OPTION_IDS = {
+  "plain": {},
+  "groups": {"groups": GROUPS},
+  "multi_tensor": {"groups": GROUPS, "multi_tensor": True},
+}
+OPTIONS = list(OPTION_IDS.values())
+
 
 class LinenCNN(nn.Module):
   @nn.compact
@@ -53,13 +60,13 @@ def _loss(logits, y):
   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-@pytest.mark.parametrize("groups", [None, GROUPS], ids=["plain", "groups"])
-def test_linen_train_state(groups):
+@pytest.mark.parametrize("options", OPTIONS, ids=list(OPTION_IDS))
+def test_linen_train_state(options):
   x, y = _data()
   model = LinenCNN()
   params = model.init(jax.random.key(0), x)["params"]
   state = train_state.TrainState.create(
-    apply_fn=model.apply, params=params, tx=lamb_optax.lamb(0.05, groups=groups)
+    apply_fn=model.apply, params=params, tx=lamb_optax.lamb(0.05, **options)
   )
 
   @functools.partial(jax.jit, donate_argnums=0)  # params and optimizer state donated
@@ -76,12 +83,12 @@ def test_linen_train_state(groups):
   assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.parametrize("groups", [None, GROUPS], ids=["plain", "groups"])
-def test_nnx_optimizer_matches_linen_style_update(groups):
+@pytest.mark.parametrize("options", OPTIONS, ids=list(OPTION_IDS))
+def test_nnx_optimizer_matches_linen_style_update(options):
   """nnx.Optimizer hands init a Variable-wrapped state: groups must still resolve."""
   x, y = _data()
   model = NnxCNN(nnx.Rngs(0))
-  tx = lamb_optax.lamb(0.05, groups=groups)
+  tx = lamb_optax.lamb(0.05, **options)
   opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
   params0 = nnx.state(model, nnx.Param)
   plain0 = jax.tree.map(lambda v: v, nnx.to_pure_dict(params0))
@@ -104,11 +111,11 @@ def test_nnx_optimizer_matches_linen_style_update(groups):
   assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("groups", [None, GROUPS], ids=["plain", "groups"])
-def test_orbax_round_trip_of_optimizer_state(tmp_path, groups):
+@pytest.mark.parametrize("options", OPTIONS, ids=list(OPTION_IDS))
+def test_orbax_round_trip_of_optimizer_state(tmp_path, options):
   x, _ = _data()
   params = LinenCNN().init(jax.random.key(0), x)["params"]
-  tx = lamb_optax.lamb(0.05, groups=groups)
+  tx = lamb_optax.lamb(0.05, **options)
   opt_state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   _, opt_state = tx.update(grads, opt_state, params)

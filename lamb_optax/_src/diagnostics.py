@@ -7,12 +7,14 @@ from typing import Any
 import jax
 import optax
 
+from lamb_optax._src.multi_tensor import MultiTensorRatios
 from lamb_optax._src.transforms import ScaleByTrustRatioState
 
 
 def _collect(state: Any, found: list[Any]) -> None:
   if isinstance(state, ScaleByTrustRatioState):
-    found.append(state.ratios)
+    ratios = state.ratios
+    found.append(ratios.as_tree() if isinstance(ratios, MultiTensorRatios) else ratios)
     return
   if isinstance(state, dict):
     for key in sorted(state, key=str):

@@ -22,6 +22,7 @@ STRUCTURAL_ARGS = (
   "centralize_out_axis",
   "master_weights",
   "fused",
+  "multi_tensor",
 )
 
 

@@ -453,30 +453,36 @@ def safe_norms(
   rows = _rows(rest)
   operands = []
   for x in xs:
-    x_rdt = _real_dtype(x.dtype)
-    for scale in (1.0, 1 / _SCALE, _SCALE):
-      sq = _abs_sq(x if scale == 1.0 else x * jnp.asarray(scale, x_rdt)).astype(rdt)
-      operands.append(sq.reshape((*lead, rows, rest // rows)))
+    operands += [sq.reshape((*lead, rows, rest // rows)) for sq in scaled_squares(x, rdt)]
   zero = [jnp.zeros((), rdt)] * len(operands)
   partial = jax.lax.reduce(
     operands, zero, lambda a, b: [x + y for x, y in zip(a, b, strict=True)], (k + 1,)
   )
   sums = [jnp.sum(p, axis=k) for p in partial]
-  norms = []
-  for i in range(len(xs)):
-    mid, big, small = sums[3 * i : 3 * i + 3]
-    norms.append(
-      jnp.where(
-        jnp.isinf(mid),
-        jnp.sqrt(big) * jnp.asarray(_SCALE, rdt),
-        jnp.where(
-          mid < jnp.asarray(2.0**-60, rdt),
-          jnp.sqrt(small) * jnp.asarray(1 / _SCALE, rdt),
-          jnp.sqrt(mid),
-        ),
-      )
-    )
-  return norms
+  return [pick_norm(*sums[3 * i : 3 * i + 3]) for i in range(len(xs))]
+
+
+def scaled_squares(x: jax.Array, rdt: Any) -> list[jax.Array]:
+  """``|x|**2``, ``|x * 2**-64|**2``, ``|x * 2**64|**2`` in ``rdt``: summed, they feed pick_norm."""
+  x_rdt = _real_dtype(x.dtype)
+  return [
+    _abs_sq(x if scale == 1.0 else x * jnp.asarray(scale, x_rdt)).astype(rdt)
+    for scale in (1.0, 1 / _SCALE, _SCALE)
+  ]
+
+
+def pick_norm(mid: jax.Array, big: jax.Array, small: jax.Array) -> jax.Array:
+  """The norm from the three sums of :func:`scaled_squares`: plain, scaled down, scaled up."""
+  rdt = mid.dtype
+  return jnp.where(
+    jnp.isinf(mid),
+    jnp.sqrt(big) * jnp.asarray(_SCALE, rdt),
+    jnp.where(
+      mid < jnp.asarray(2.0**-60, rdt),
+      jnp.sqrt(small) * jnp.asarray(1 / _SCALE, rdt),
+      jnp.sqrt(mid),
+    ),
+  )
 
 
 def apply_trust_ratio(
@@ -494,7 +500,16 @@ def apply_trust_ratio(
   """
   k = w_norm.ndim
   cdt = compute_dtype(u.dtype)
-  rdt = _real_dtype(cdt)
+  ratio, inv_u, w_fac = trust_factors(w_norm, u_norm, _real_dtype(cdt), min_ratio, max_ratio)
+  expand = lambda x: x.reshape(x.shape + (1,) * (u.ndim - k))  # noqa: E731
+  scaled = scale_by_factors(u.astype(cdt), *map(expand, (ratio, inv_u, w_fac)))
+  return scaled, ratio.astype(jnp.float32)
+
+
+def trust_factors(
+  w_norm: jax.Array, u_norm: jax.Array, rdt: Any, min_ratio: Any = None, max_ratio: Any = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(r, 1/||u||, ||w||)`` in ``rdt``, each 1 where a norm is 0; ``r`` clipped."""
   w_norm, u_norm = w_norm.astype(rdt), u_norm.astype(rdt)
   ok = (w_norm > 0) & (u_norm > 0)
   inv_u = jnp.where(ok, 1 / jnp.where(ok, u_norm, 1), 1)
@@ -502,12 +517,12 @@ def apply_trust_ratio(
   ratio = w_fac * inv_u
   if min_ratio is not None or max_ratio is not None:
     ratio = jnp.clip(ratio, min_ratio, max_ratio).astype(rdt)
-  expand = lambda x: x.reshape(x.shape + (1,) * (u.ndim - k))  # noqa: E731
-  u = u.astype(cdt)
-  scaled = jnp.where(
-    expand(jnp.isfinite(ratio)), u * expand(ratio), (u * expand(inv_u)) * expand(w_fac)
-  )
-  return scaled, ratio.astype(jnp.float32)
+  return ratio, inv_u, w_fac
+
+
+def scale_by_factors(u: jax.Array, ratio: Any, inv_u: Any, w_fac: Any) -> jax.Array:
+  """``r * u``, or ``(u / ||u||) * ||w||`` where ``r`` overflowed (factors broadcast to ``u``)."""
+  return jnp.where(jnp.isfinite(ratio), u * ratio, (u * inv_u) * w_fac)
 
 
 def scale_by_trust_ratio(

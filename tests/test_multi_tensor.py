@@ -1,0 +1,217 @@
+"""``lamb(multi_tensor=True)``: flat buffers, the same step as the per-leaf path."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _reference import NumpyLamb
+
+import lamb_optax
+from lamb_optax._src import multi_tensor
+
+CONFIGS = {
+  "default": dict(learning_rate=0.05, weight_decay=0.01),
+  "no_decay": dict(learning_rate=0.05),
+  "options": dict(
+    learning_rate=[0.05, 0.02, 0.01],
+    weight_decay=lambda c: 0.02 / (c + 1),
+    mask=None,
+    eps_root=1e-9,
+    trust_ratio_mask=lamb_optax.masks.from_regex("bias", invert=True),
+    min_trust_ratio=0.5,
+    max_trust_ratio=3.0,
+    layer_axes=lamb_optax.layer_axes_from_regex("^stack"),
+  ),
+  "groups": dict(
+    learning_rate=0.05,
+    groups=[
+      {"params": "^conv", "weight_decay": 0.01, "grad_centralization": True},
+      {
+        "params": "^(dense|LayerNorm|stack|scalar|many)",
+        "lr": optax.cosine_decay_schedule(0.05, 5),
+      },
+    ],
+  ),
+}
+
+
+def _tree(dtype=jnp.float32, many=70):
+  """Mixed shapes: a conv, a scalar, a stacked leaf and more leaves than one bucket holds."""
+  rng = np.random.default_rng(0)
+  t = {
+    "conv": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": rng.normal(size=(4,))},
+    "dense": {"kernel": rng.normal(size=(6, 5))},
+    "LayerNorm": {"gamma": 1 + rng.normal(size=(5,)) * 0.1, "beta": np.zeros(5)},
+    "stack": rng.normal(size=(3, 4, 4)),
+    "scalar": np.float32(2.0),
+    "many": [rng.normal(size=(7,)) for _ in range(many)],
+  }
+  return jax.tree.map(lambda x: jnp.asarray(x, dtype), t)
+
+
+def _run(tx, params, steps=5, seed=1):
+  rng = np.random.default_rng(seed)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  out = []
+  for _ in range(steps):
+    g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+    u, state = update(g, state, params)
+    params = optax.apply_updates(params, u)
+    out.append((u, lamb_optax.trust_ratios(state)))
+  return params, state, out
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_multi_tensor_equals_per_leaf_path(name):
+  p_flat, _, flat = _run(lamb_optax.lamb(**CONFIGS[name], multi_tensor=True), _tree())
+  p_leaf, _, leaf = _run(lamb_optax.lamb(**CONFIGS[name]), _tree())
+  for (u1, r1), (u2, r2) in zip(flat, leaf, strict=True):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), u1, u2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), r1, r2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p_flat, p_leaf)
+
+
+def test_multi_tensor_matches_numpy_reference():
+  params = _tree(many=3)
+  flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree.leaves_with_path(params)}
+  stacked = {k: int("stack" in k) for k in flat}
+  ref = NumpyLamb(
+    flat,
+    lr=dict.fromkeys(flat, lambda s: 0.05),
+    wd=dict.fromkeys(flat, lambda s: 0.01),
+    decay={k: not re.search("gamma|beta", k) for k in flat},
+    trust={k: "bias" not in k for k in flat},
+    min_ratio=0.5,
+    max_ratio=4.0,
+    layer_axes=stacked,
+  )
+  tx = lamb_optax.lamb(
+    0.05,
+    weight_decay=0.01,
+    trust_ratio_mask=lamb_optax.masks.from_regex("bias", invert=True),
+    min_trust_ratio=0.5,
+    max_trust_ratio=4.0,
+    layer_axes=lamb_optax.layer_axes_from_regex("^stack"),
+    multi_tensor=True,
+  )
+  state = tx.init(params)
+  rng = np.random.default_rng(3)
+  for _ in range(8):
+    g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+    u, state = jax.jit(tx.update)(g, state, params)
+    params = optax.apply_updates(params, u)
+    ref.update({jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree.leaves_with_path(g)})
+    ratios = lamb_optax.trust_ratios(state)
+    for path, w in jax.tree.leaves_with_path(params):
+      np.testing.assert_allclose(w, ref.w[jax.tree_util.keystr(path)], rtol=2e-5, atol=1e-6)
+    for path, r in jax.tree.leaves_with_path(ratios):
+      np.testing.assert_allclose(r, ref.ratios[jax.tree_util.keystr(path)], rtol=2e-5)
+
+
+def test_multi_tensor_mixed_dtypes_keep_dtypes_and_match():
+  params = {
+    "bf16": jnp.linspace(-1, 1, 96, dtype=jnp.bfloat16).reshape(8, 12),
+    "f32": jnp.linspace(-2, 1, 40, dtype=jnp.float32),
+    "c64": (jnp.linspace(-1, 1, 6) + 1j * jnp.linspace(2, 0, 6)).astype(jnp.complex64),
+  }
+  _, s_flat, flat = _run(lamb_optax.lamb(0.01, weight_decay=0.1, multi_tensor=True), params)
+  _, _, leaf = _run(lamb_optax.lamb(0.01, weight_decay=0.1), params)
+  for (u1, _), (u2, _) in zip(flat, leaf, strict=True):
+    for k in params:
+      assert u1[k].dtype == params[k].dtype
+      np.testing.assert_allclose(
+        np.asarray(u1[k], np.complex128), np.asarray(u2[k], np.complex128), rtol=1e-2
+      )
+  # bf16 moments are stored in float32, complex ones as complex64: three buckets.
+  assert sorted(str(m.dtype) for m in s_flat[1].mu) == ["complex64", "float32", "float32"]
+
+
+def test_multi_tensor_state_is_a_few_buffers_of_twice_the_params():
+  params = {f"w{i:03d}": jnp.ones((32, 32)) * (i + 1) for i in range(200)}
+  tx = lamb_optax.lamb(1e-3, weight_decay=0.01, multi_tensor=True)
+  state = tx.init(params)
+  n_buckets = -(-200 // multi_tensor._SPLIT)
+  assert len(state[1].mu) == len(state[1].nu) == n_buckets
+  assert len(jax.tree.leaves(state)) == 3 * n_buckets + 3  # m, v, ratios; three counts
+  moment_bytes = sum(x.nbytes for x in state[1].mu + state[1].nu)
+  assert moment_bytes == 2 * sum(x.nbytes for x in params.values())
+  ratios = lamb_optax.trust_ratios(state)
+  assert jax.tree.structure(ratios) == jax.tree.structure(params)
+  assert all(float(r) == 1.0 for r in jax.tree.leaves(ratios))
+
+
+def _distinct_computations(compiled_text: str) -> int:
+  head = compiled_text[: compiled_text.index("ENTRY")]
+  bodies = set()
+  for comp in re.split(r"\n(?=%)", head):
+    body = re.sub(r", metadata=\{[^}]*\}", "", comp.split("{", 1)[-1])
+    bodies.add(re.sub(r"%[\w.\-]+", "%", body))
+  return len(bodies)
+
+
+def test_many_leaves_compile_to_few_distinct_kernels():
+  """XLA compiles each distinct fused computation; with 300 same-shape leaves
+  the per-leaf path has one per leaf, the flat path a constant number."""
+  params = {f"w{i:03d}": jnp.ones((16, 16)) * (i + 1) for i in range(300)}
+  tx = lamb_optax.lamb(1e-3, weight_decay=0.01, multi_tensor=True)
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  text = jax.jit(step).lower(params, tx.init(params), params).compile().as_text()
+  assert _distinct_computations(text) < 60
+
+
+def test_multi_tensor_with_master_weights_and_inject_hyperparams():
+  params = {"w": jnp.linspace(-1, 1, 12, dtype=jnp.bfloat16), "b": jnp.zeros(3, jnp.bfloat16)}
+  tx = lamb_optax.inject_hyperparams()(
+    learning_rate=0.1, weight_decay=0.01, master_weights=True, multi_tensor=True
+  )
+  ref = lamb_optax.lamb(0.1, weight_decay=0.01, master_weights=True)
+  p1 = p2 = params
+  s1, s2 = tx.init(p1), ref.init(p2)
+  for i in range(4):
+    g = jax.tree.map(lambda x, i=i: jnp.cos(x.astype(jnp.float32) * (i + 1)).astype(x.dtype), p1)
+    u1, s1 = jax.jit(tx.update)(g, s1, p1)
+    u2, s2 = jax.jit(ref.update)(g, s2, p2)
+    p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=1e-2), p1, p2
+  )
+  assert float(s1.hyperparams["learning_rate"]) == pytest.approx(0.1)
+
+
+def test_multi_tensor_empty_leaf():
+  params = {"w": jnp.arange(1.0, 5.0), "empty": jnp.zeros((0, 3)), "s": jnp.float32(3.0)}
+  tx = lamb_optax.lamb(0.1, multi_tensor=True, layer_axes={"w": 0, "empty": 1, "s": 0})
+  state = tx.init(params)
+  u, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)
+  assert u["empty"].shape == (0, 3)
+  ref, _ = lamb_optax.lamb(0.1).update(
+    {"w": jnp.ones(4), "s": jnp.float32(1)},
+    lamb_optax.lamb(0.1).init({"w": params["w"], "s": params["s"]}),
+    {"w": params["w"], "s": params["s"]},
+  )
+  np.testing.assert_allclose(u["w"], ref["w"], rtol=1e-6)
+  np.testing.assert_allclose(u["s"], ref["s"], rtol=1e-6)
+  assert lamb_optax.trust_ratios(state)["empty"].shape == (0,)
+
+
+def test_multi_tensor_errors():
+  with pytest.raises(ValueError, match="multi_tensor.*fused=False"):
+    lamb_optax.lamb(0.1, fused=False, multi_tensor=True)
+  with pytest.raises(TypeError, match="multi_tensor"):
+    lamb_optax.lamb(0.1, multi_tensor="yes")
+  tx = lamb_optax.lamb(0.1, multi_tensor=True)
+  state = tx.init({"w": jnp.ones(4)})
+  with pytest.raises(ValueError, match="call `init` on these parameters"):
+    tx.update({"w": jnp.ones(5)}, state, {"w": jnp.ones(5)})
+  with pytest.raises(TypeError, match="floating"):
+    tx.init({"w": jnp.ones(4, jnp.int32)})
