@@ -42,6 +42,7 @@ _WIDTHS = tuple(2**i for i in range(12, -1, -1))
 # (XLA compiles those once), and a concatenation's compile time grows with the
 # square of its operand count.
 _SPLIT = 64
+_SPLIT_BELOW = 2**16  # leaves smaller than this are cut out by variadic reductions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,16 +231,19 @@ def _split(outs: list[jax.Array]) -> list[jax.Array]:
 
   A per-leaf kernel that slices a shared buffer differs from every other one
   (its offset is a constant), so XLA compiles each; after this, the kernels
-  that consume the leaves are identical and compile once.
+  that consume the leaves are identical and compile once. Only leaves under
+  ``_SPLIT_BELOW`` elements are cut this way: XLA:CPU runs a reduction about
+  4x slower than a loop, and large leaves are few (their compile time is small
+  next to their step time).
   """
   groups: dict[tuple, list[int]] = {}
   for i, x in enumerate(outs):
-    if x.size:
+    if 0 < x.size < _SPLIT_BELOW:
       groups.setdefault((x.shape, x.dtype), []).append(i)
   result = list(outs)
   for idx in groups.values():
-    if len(idx) == 1 and outs[idx[0]].size > 2**16:
-      continue  # a lone large leaf: its kernel is compiled alone anyway
+    if len(idx) == 1:
+      continue
     parts = _sums([jnp.stack([outs[i], jnp.zeros_like(outs[i])]) for i in idx], 0)
     for i, part in zip(idx, parts, strict=True):
       result[i] = part
