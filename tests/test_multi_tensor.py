@@ -215,3 +215,25 @@ def test_multi_tensor_errors():
     tx.update({"w": jnp.ones(5)}, state, {"w": jnp.ones(5)})
   with pytest.raises(TypeError, match="floating"):
     tx.init({"w": jnp.ones(4, jnp.int32)})
+
+
+def test_large_leaves_stay_per_leaf_and_match():
+  """Leaves of 2**16 elements or more keep their own shape (and so their sharding);
+  the small ones are packed. Both give the per-leaf path's step."""
+  rng = np.random.default_rng(5)
+  params = {
+    "big": jnp.asarray(rng.normal(size=(256, 256)), jnp.float32),
+    "stack": jnp.asarray(rng.normal(size=(2, 256, 256)), jnp.float32),
+    "bias": jnp.asarray(rng.normal(size=(256,)), jnp.float32),
+    "LayerNorm": {"gamma": jnp.ones(256)},
+  }
+  options = dict(weight_decay=0.01, layer_axes={"big": 0, "stack": 1, "bias": 0, "LayerNorm": 0})
+  p_flat, s_flat, flat = _run(lamb_optax.lamb(0.01, multi_tensor=True, **options), params, 3)
+  p_leaf, _, leaf = _run(lamb_optax.lamb(0.01, **options), params, 3)
+  for (u1, r1), (u2, r2) in zip(flat, leaf, strict=True):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), u1, u2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), r1, r2)
+  shapes = sorted(m.shape for m in s_flat[1].mu)
+  assert (256, 256) in shapes and (2, 256, 256) in shapes  # solo leaves, in their own shape
+  assert len(shapes) == 4  # and two buckets for bias (decayed) and gamma (not)
+  assert lamb_optax.trust_ratios(s_flat)["stack"].shape == (2,)

@@ -126,3 +126,30 @@ def test_sharded_state_checkpoints_with_orbax(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, restored, state)
   same = jax.tree.map(lambda a, b: a.sharding.is_equivalent_to(b.sharding, a.ndim), restored, state)
   assert all(jax.tree.leaves(same))
+
+
+@pytest.mark.parametrize("kind", ["fsdp", "fsdp_tp"])
+def test_multi_tensor_under_sharded_params_is_correct_but_not_sharded(kind):
+  """multi_tensor=True is for one device or data parallelism: under FSDP it still computes
+  the same update (XLA gathers the leaves into the flat buffers), but its state is not
+  sharded like the params. The default keeps it sharded (test above)."""
+  mesh, specs = _layout(kind)
+  layer_axes = lamb_optax.layer_axes_from_regex("^blocks/")
+  tx = lamb_optax.lamb(0.05, groups=GROUPS, layer_axes=layer_axes, multi_tensor=True)
+  host = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _tree())
+  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+  sharded = jax.device_put(host, shardings)
+  state, single_state = jax.jit(tx.init)(sharded), tx.init(host)
+  helper = lamb_optax.state_shardings(tx, sharded)
+  same = jax.tree.map(lambda s, leaf: s.is_equivalent_to(leaf.sharding, leaf.ndim), helper, state)
+  assert all(jax.tree.leaves(same))
+  rng = np.random.default_rng(2)
+  p_sh, p_1 = sharded, host
+  for _ in range(3):
+    g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), host)
+    u_sh, state = jax.jit(tx.update)(jax.device_put(g, shardings), state, p_sh)
+    u_1, single_state = jax.jit(tx.update)(g, single_state, p_1)
+    p_sh, p_1 = optax.apply_updates(p_sh, u_sh), optax.apply_updates(p_1, u_1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), u_sh, u_1)
+  r_sh, r_1 = lamb_optax.trust_ratios(state), lamb_optax.trust_ratios(single_state)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), r_sh, r_1)

@@ -31,6 +31,54 @@ from lamb_optax._src import masks as masks_lib
 from lamb_optax._src import schedules, transforms
 
 
+def leaf_step(
+  g: jax.Array,
+  m: jax.Array,
+  v: jax.Array,
+  w: jax.Array,
+  count: jax.Array,
+  lr_t: jax.Array,
+  wd_t: jax.Array,
+  decay: bool,
+  trust: bool,
+  k: int,
+  hyper: tuple[Any, ...],
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """One leaf's LAMB step in two passes: ``(update, m', v', ratios)``, stored dtypes.
+
+  ``hyper`` is ``(b1, b2, eps, eps_root, min_trust_ratio, max_trust_ratio)``;
+  ``decay``, ``trust`` and ``k`` are the leaf's decay flag, trust-ratio flag
+  and layer axes.
+  """
+  b1, b2, eps, eps_root, min_ratio, max_ratio = hyper
+
+  def direction(m_new, v_new, w):
+    u = transforms.adam_direction(m_new, v_new, count, b1, b2, eps, eps_root)
+    if decay:
+      u = u + wd_t.astype(transforms._real_dtype(u.dtype)) * w.astype(u.dtype)
+    return u
+
+  # Pass 1: new moments (written once, they are outputs) and, with a trust
+  # ratio, the sums of squares of w and of u, with u recomputed inside the
+  # reduction from the new moments.
+  m_new, v_new = transforms.adam_moments(g, m, v, count, b1, b2)
+  if trust:
+    w_norm, u_norm = transforms.safe_norms(
+      [(lambda w: w, (w,), k), (direction, (m_new, v_new, w), k)]
+    )
+    # Pass 2: the update. The barrier stops XLA from merging this u with pass
+    # 1's into one stored array.
+    m_b, v_b, w_b = jax.lax.optimization_barrier((m_new, v_new, w))
+    u, r = transforms.apply_trust_ratio(
+      direction(m_b, v_b, w_b), w_norm, u_norm, min_ratio, max_ratio
+    )
+  else:
+    u = direction(m_new, v_new, w)
+    r = jnp.ones(np.shape(w)[:k], jnp.float32)
+  rdt = transforms._real_dtype(u.dtype)
+  return (-lr_t.astype(rdt) * u).astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype), r
+
+
 def fused_lamb(
   reference: optax.GradientTransformation,
   *,
@@ -50,6 +98,7 @@ def fused_lamb(
 ) -> optax.GradientTransformationExtraArgs:
   """The chain ``reference`` computed in two passes per leaf (arguments already checked)."""
   decays_nothing = schedules.is_positive_constant(weight_decay) is False
+  hyper = (b1, b2, eps, eps_root, min_trust_ratio, max_trust_ratio)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -69,15 +118,8 @@ def fused_lamb(
     tr_flags = masks_lib.resolve(transforms._TR_MASK, trust_ratio_mask, params)
     axes = transforms.resolve_layer_axes(layer_axes, params)
 
-    def direction(m_new, v_new, w, decay):
-      u = transforms.adam_direction(m_new, v_new, count, b1, b2, eps, eps_root)
-      if decay:
-        rdt = transforms._real_dtype(u.dtype)
-        u = u + wd_t.astype(rdt) * w.astype(u.dtype)
-      return u
-
     out_u, out_m, out_v, out_r = [], [], [], []
-    leaves = zip(
+    for g, m, v, w, decay, trust, k in zip(
       jax.tree.leaves(updates),
       jax.tree.leaves(adam_s.mu),
       jax.tree.leaves(adam_s.nu),
@@ -86,41 +128,13 @@ def fused_lamb(
       tr_flags,
       axes,
       strict=True,
-    )
-    # Pass 1: new moments (written once, they are outputs) and, for every leaf
-    # with a trust ratio, the sums of squares of w and of u, with u recomputed
-    # inside the reduction from the new moments.
-    work = []
-    for g, m, v, w, decay, trust, k in leaves:
+    ):
       if centralize:
         g = transforms.centralize_leaf(g, centralize_out_axis)
-      m_new, v_new = transforms.adam_moments(g, m, v, count, b1, b2)
-      work.append((g, m, v, w, decay, trust, k, m_new, v_new))
-    norms = []
-    for _, _, _, w, decay, trust, k, m_new, v_new in work:
-      if trust:
-        norms += transforms.safe_norms(
-          [
-            (lambda w: w, (w,), k),
-            (lambda m, v, w, d=decay: direction(m, v, w, d), (m_new, v_new, w), k),
-          ]
-        )
-    norms = iter(norms)
-    # Pass 2: the update. The barrier stops XLA from merging this u with pass 1's
-    # into one stored array.
-    for g, m, v, w, decay, trust, k, m_new, v_new in work:
-      if trust:
-        w_norm, u_norm = next(norms), next(norms)
-        m_b, v_b, w_b = jax.lax.optimization_barrier((m_new, v_new, w))
-        u = direction(m_b, v_b, w_b, decay)
-        u, r = transforms.apply_trust_ratio(u, w_norm, u_norm, min_trust_ratio, max_trust_ratio)
-      else:
-        u = direction(m_new, v_new, w, decay)
-        r = jnp.ones(np.shape(w)[:k], jnp.float32)
-      rdt = transforms._real_dtype(u.dtype)
-      out_u.append((-lr_t.astype(rdt) * u).astype(g.dtype))
-      out_m.append(m_new.astype(m.dtype))
-      out_v.append(v_new.astype(v.dtype))
+      u, m_new, v_new, r = leaf_step(g, m, v, w, count, lr_t, wd_t, decay, trust, k, hyper)
+      out_u.append(u)
+      out_m.append(m_new)
+      out_v.append(v_new)
       out_r.append(r)
     tree_def = jax.tree.structure(updates)
     new_state = (

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lamb_optax._src import fused, schedules, transforms
 from lamb_optax._src import masks as masks_lib
-from lamb_optax._src import schedules, transforms
 
 # Row widths tried, widest first; the widest whose padding adds at most 1/16 wins.
 _WIDTHS = tuple(2**i for i in range(12, -1, -1))
@@ -63,10 +63,14 @@ class _Bucket:
   moment_dtype: np.dtype
   decay: bool
   trust: bool
-  width: int
+  width: int  # 0 for a solo bucket: one large leaf, stored in its own shape
   rows: int
   segments: int
   uniform: bool  # every segment has the same number of rows: segment sums are a reshape
+
+  @property
+  def solo(self) -> bool:
+    return self.width == 0
 
 
 class Layout:
@@ -129,7 +133,9 @@ class MultiTensorRatios:
   def as_tree(self) -> Any:
     """The ratios as a pytree like the params (``MaskedNode`` kept where it was)."""
     leaves = [
-      self.values[x.bucket][x.seg : x.seg + x.nseg].reshape(x.shape[: x.k])
+      self.values[x.bucket]
+      if self.layout.buckets[x.bucket].solo
+      else self.values[x.bucket][x.seg : x.seg + x.nseg].reshape(x.shape[: x.k])
       for x in self.layout.leaves
     ]
     return jax.tree.unflatten(self.layout.treedef, leaves)
@@ -154,8 +160,15 @@ def _layout(treedef, shapes, dtypes, decay, trust, axes, moment_dtype) -> Layout
   buckets, leaves = [], [None] * len(shapes)
   for key, k in keys.items():
     same_key = [i for i, o in enumerate(owner) if o == k]
-    for start in range(0, len(same_key), _SPLIT):
-      members = same_key[start : start + _SPLIT]
+    small = [i for i in same_key if np.prod(shapes[i], dtype=np.int64) < _SPLIT_BELOW]
+    for i in same_key:
+      if i not in small:  # a large leaf keeps its own shape (and sharding)
+        nseg = int(np.prod(shapes[i][: axes[i]], dtype=np.int64))
+        seg_len = int(np.prod(shapes[i][axes[i] :], dtype=np.int64))
+        leaves[i] = _Leaf(len(buckets), shapes[i], axes[i], 0, 0, nseg, seg_len, 0)
+        buckets.append(_Bucket(*key, 0, 0, nseg, True))
+    for start in range(0, len(small), _SPLIT):
+      members = small[start : start + _SPLIT]
       b = len(buckets)
       segs = [
         (int(np.prod(shapes[i][: axes[i]], dtype=np.int64)), int(np.prod(shapes[i][axes[i] :])))
@@ -288,15 +301,32 @@ def multi_tensor_lamb(
   def init_fn(params):
     jax.eval_shape(reference.init, params)  # every check of the chain's init, nothing computed
     layout = layout_of(params)
-    zeros = lambda: tuple(jnp.zeros((b.rows, b.width), b.moment_dtype) for b in layout.buckets)  # noqa: E731
+    # The parameter and layer axes of each bucket's (last) leaf: what a solo bucket holds.
+    solo = {x.bucket: (p, x.k) for x, p in zip(layout.leaves, jax.tree.leaves(params), strict=True)}
+
+    def zeros():
+      return tuple(
+        transforms.zeros_like_sharded(solo[i][0], b.moment_dtype)
+        if b.solo
+        else jnp.zeros((b.rows, b.width), b.moment_dtype)
+        for i, b in enumerate(layout.buckets)
+      )
+
+    def ones(i, b):
+      if not b.solo:
+        return jnp.ones(b.segments, jnp.float32)
+      p, k = solo[i]
+      # as the default path: computed from p, so per-layer ratios shard like p
+      return (
+        jnp.sum(transforms.zeros_like_sharded(p, jnp.float32), axis=tuple(range(k, p.ndim))) + 1
+      )
+
     return (
       optax.EmptyState(),
       transforms.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros()),
       transforms.AddDecayedWeightsState(count=jnp.zeros([], jnp.int32)),
       transforms.ScaleByTrustRatioState(
-        ratios=MultiTensorRatios(
-          tuple(jnp.ones(b.segments, jnp.float32) for b in layout.buckets), layout
-        )
+        ratios=MultiTensorRatios(tuple(ones(i, b) for i, b in enumerate(layout.buckets)), layout)
       ),
       transforms.ScaleByLearningRateState(count=jnp.zeros([], jnp.int32)),
     )
@@ -327,7 +357,18 @@ def multi_tensor_lamb(
     weights = jax.tree.leaves(params)
     outs: list[Any] = [None] * len(grads)
     new_m, new_v, new_r = [], [], []
+    hyper = (b1, b2, eps, eps_root, min_trust_ratio, max_trust_ratio)
     for b, bucket in enumerate(layout.buckets):
+      if bucket.solo:
+        i = next(i for i, x in enumerate(layout.leaves) if x.bucket == b)
+        outs[i], m_new, v_new, r = fused.leaf_step(
+          grads[i], adam_s.mu[b], adam_s.nu[b], weights[i], count, lr_t, wd_t,
+          bucket.decay, bucket.trust, layout.leaves[i].k, hyper,
+        )  # fmt: skip
+        new_m.append(m_new)
+        new_v.append(v_new)
+        new_r.append(r)
+        continue
       cdt = transforms.compute_dtype(bucket.param_dtype)
       rdt = transforms._real_dtype(cdt)
 
@@ -347,9 +388,9 @@ def multi_tensor_lamb(
         factors = transforms.trust_factors(w_norm, u_norm, rdt, min_trust_ratio, max_trust_ratio)
         ratio = factors[0].astype(jnp.float32)
         # Keep XLA from merging this pass's u with the reduction's into one stored array.
-        m_b, v_b, w_b = jax.lax.optimization_barrier((m_flat, v_flat, w_flat))
+        m_b, v_b = jax.lax.optimization_barrier((m_flat, v_flat))
         u_flat = transforms.scale_by_factors(
-          direction(m_b, v_b, w_b), *(_per_row(f, layout, b) for f in factors)
+          direction(m_b, v_b, w_flat), *(_per_row(f, layout, b) for f in factors)
         )
       else:
         ratio = jnp.ones(bucket.segments, jnp.float32)
