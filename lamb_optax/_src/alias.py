@@ -132,16 +132,17 @@ def lamb(
       itself. Both have the same state. In float32 they agree to rounding; for
       bfloat16/float16 the fused path keeps the direction in float32 between
       stages where the chain rounds it to the gradient dtype.
-    multi_tensor: True keeps m and v in a few flat buffers (one per dtype and
-      mask combination) instead of one array per leaf, and computes the step
-      on them (``lamb_optax._src.multi_tensor``): the same math as the fused
-      path, with per-leaf (per-layer) trust ratios from segment sums. Use it
-      for models with many small leaves on one device, where it cuts compile
-      time and per-step host time (see the README's benchmark table); keep
-      the default for sharded parameters, whose state it would not shard
-      like the parameters, and for a few large leaves, where it is slower.
-      Its state has another structure than the default's (checkpoints do not
-      carry over between the two). Needs ``fused=True``.
+    multi_tensor: True packs the moments of leaves under 65536 elements into
+      a few flat buffers (up to 64 leaves each, per dtype and mask) and
+      computes their step there, with each trust ratio from a segment sum;
+      larger leaves keep their own arrays and the fused step
+      (``lamb_optax._src.multi_tensor``). Same math as the default. For
+      models with many small leaves it cuts compile time and per-step host
+      time (2000 leaves of 32x32 on CPU: 0.46x optax.lamb's step, 0.10x its
+      compile time; see the README). Not the default: packed state is not
+      sharded like the parameters (use it on one device or with data
+      parallelism), and its state has another structure (checkpoints do not
+      carry over between the two settings). Needs ``fused=True``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.

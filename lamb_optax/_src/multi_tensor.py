@@ -5,17 +5,21 @@ With thousands of leaves a step costs host time per buffer passed in and out
 compiles each fusion that differs from the others, tens of milliseconds each;
 identical fusions are compiled once). Here, as apex's ``multi_tensor_apply``:
 
-* m and v live in one 2-D buffer per bucket of leaves (same parameter dtype,
-  moment dtype, decay flag and trust-ratio flag), each leaf (each layer of a
-  leaf with ``layer_axes``) padded with zeros to a whole number of rows, so
-  the state is a handful of buffers whatever the number of leaves;
+* m and v of leaves under ``_SPLIT_BELOW`` elements live in one 2-D buffer
+  per bucket of up to ``_SPLIT`` leaves (same parameter dtype, moment dtype,
+  decay flag and trust-ratio flag), each leaf (each layer of a leaf with
+  ``layer_axes``) padded with zeros to a whole number of rows, so the state
+  is a handful of buffers whatever the number of small leaves;
 * the moments are one elementwise pass over each bucket, and the sums of
   squares of w and of u are row sums (one variadic reduction), summed per
   leaf or layer (a segment sum), so every trust ratio is exactly the
   per-leaf (per-layer) ratio of the default path;
-* the per-leaf updates are cut out of the buffers by a few variadic
-  reductions of up to ``_SPLIT`` leaves each, so that the per-leaf kernels
-  that follow (``optax.apply_updates``) are identical and compile once.
+* the per-leaf updates are cut out of the buffers by one variadic reduction
+  per bucket and leaf shape, so that the per-leaf kernels that follow
+  (``optax.apply_updates``) are identical and compile once;
+* larger leaves are few whatever the model (memory bounds them), so each
+  keeps its own arrays (sharded like the parameter) and runs the default
+  path's :func:`fused.leaf_step`: packing them would only add copies.
 
 Padding is zero in g, w, m and v, so it adds nothing to any sum. The ratios
 are kept per bucket as vectors, with the layout as static pytree metadata so
