@@ -26,6 +26,7 @@ import os
 import pathlib
 import platform
 import resource
+import shlex
 import time
 from collections.abc import Callable
 
@@ -223,7 +224,7 @@ def main() -> None:
     print(table([r for r in rows if r["tree"] == name], triad), flush=True)
   meta = {
     "command": "python benchmarks/step_bench.py "
-    + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k not in ("out",)),
+    + " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in vars(args).items() if k != "out" and v),
     "machine": f"{platform.platform()}, {os.cpu_count()} cores, {jax.devices()[0].device_kind}",
     "jax": jax.__version__,
     "optax": optax.__version__,
