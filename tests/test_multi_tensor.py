@@ -233,6 +233,7 @@ def test_large_leaves_stay_per_leaf_and_match():
   for (u1, r1), (u2, r2) in zip(flat, leaf, strict=True):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), u1, u2)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), r1, r2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p_flat, p_leaf)
   shapes = sorted(m.shape for m in s_flat[1].mu)
   assert (256, 256) in shapes and (2, 256, 256) in shapes  # solo leaves, in their own shape
   assert len(shapes) == 4  # and two buckets for bias (decayed) and gamma (not)
