@@ -38,7 +38,7 @@ CONFIGS = {
     learning_rate=0.05,
     groups=[
       {"params": "^conv", "weight_decay": 0.01, "grad_centralization": True},
-      {"params": "^(dense|LayerNorm|stack)", "lr": optax.cosine_decay_schedule(0.05, 5)},
+      {"params": "^(?!conv)", "lr": optax.cosine_decay_schedule(0.05, 5)},
     ],
   ),
 }

@@ -10,48 +10,22 @@ import numpy as np
 import optax
 import pytest
 from _reference import NumpyLamb
+from test_fused import CONFIGS as FUSED_CONFIGS
+from test_fused import _tree as fused_tree
 
 import lamb_optax
 from lamb_optax._src import multi_tensor
 
-CONFIGS = {
-  "default": dict(learning_rate=0.05, weight_decay=0.01),
-  "no_decay": dict(learning_rate=0.05),
-  "options": dict(
-    learning_rate=[0.05, 0.02, 0.01],
-    weight_decay=lambda c: 0.02 / (c + 1),
-    mask=None,
-    eps_root=1e-9,
-    trust_ratio_mask=lamb_optax.masks.from_regex("bias", invert=True),
-    min_trust_ratio=0.5,
-    max_trust_ratio=3.0,
-    layer_axes=lamb_optax.layer_axes_from_regex("^stack"),
-  ),
-  "groups": dict(
-    learning_rate=0.05,
-    groups=[
-      {"params": "^conv", "weight_decay": 0.01, "grad_centralization": True},
-      {
-        "params": "^(dense|LayerNorm|stack|scalar|many)",
-        "lr": optax.cosine_decay_schedule(0.05, 5),
-      },
-    ],
-  ),
-}
+CONFIGS = {**FUSED_CONFIGS, "no_decay": dict(learning_rate=0.05)}
 
 
-def _tree(dtype=jnp.float32, many=70):
-  """Mixed shapes: a conv, a scalar, a stacked leaf and more leaves than one bucket holds."""
+def _tree(many=70):
+  """test_fused's tree plus a scalar and more leaves than one bucket holds."""
   rng = np.random.default_rng(0)
-  t = {
-    "conv": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": rng.normal(size=(4,))},
-    "dense": {"kernel": rng.normal(size=(6, 5))},
-    "LayerNorm": {"gamma": 1 + rng.normal(size=(5,)) * 0.1, "beta": np.zeros(5)},
-    "stack": rng.normal(size=(3, 4, 4)),
-    "scalar": np.float32(2.0),
-    "many": [rng.normal(size=(7,)) for _ in range(many)],
-  }
-  return jax.tree.map(lambda x: jnp.asarray(x, dtype), t)
+  t = fused_tree()
+  t["scalar"] = jnp.float32(2.0)
+  t["many"] = [jnp.asarray(rng.normal(size=(7,)), jnp.float32) for _ in range(many)]
+  return t
 
 
 def _run(tx, params, steps=5, seed=1):

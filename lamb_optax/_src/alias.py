@@ -8,10 +8,10 @@ from typing import Any, Optional
 import jax
 import optax
 
+from lamb_optax._src import fused as fused_lib
 from lamb_optax._src import groups as groups_lib
 from lamb_optax._src import masks as masks_lib
 from lamb_optax._src import precision, schedules, transforms, validation
-from lamb_optax._src.fused import fused_lamb
 from lamb_optax._src.multi_tensor import multi_tensor_lamb
 
 
@@ -20,26 +20,24 @@ def _chain(
 ) -> optax.GradientTransformationExtraArgs:
   """The chain of blocks for one set of options, as ``lamb``'s ``fused``/``multi_tensor`` say.
 
-  ``options`` are the keyword arguments of :func:`multi_tensor_lamb`; :func:`fused_lamb`
-  takes them less ``moment_dtype`` (it takes the state from the chain's init).
+  ``options`` are the fields of :class:`fused_lib.Options`; the fused paths take
+  the chain too (the default path uses its init, so both have one state).
   """
-  o = options
+  o = fused_lib.Options(**options)
   chain = optax.chain(
-    transforms.centralize_gradients(o["centralize_out_axis"])
-    if o["centralize"]
-    else optax.identity(),
-    transforms.scale_by_adam(o["b1"], o["b2"], o["eps"], o["eps_root"], o["moment_dtype"]),
-    transforms.add_decayed_weights(o["weight_decay"], o["mask"]),
+    transforms.centralize_gradients(o.centralize_out_axis) if o.centralize else optax.identity(),
+    transforms.scale_by_adam(o.b1, o.b2, o.eps, o.eps_root, o.moment_dtype),
+    transforms.add_decayed_weights(o.weight_decay, o.mask),
     transforms.scale_by_trust_ratio(
-      o["min_trust_ratio"], o["max_trust_ratio"], o["trust_ratio_mask"], layer_axes=o["layer_axes"]
+      o.min_trust_ratio, o.max_trust_ratio, o.trust_ratio_mask, layer_axes=o.layer_axes
     ),
-    transforms.scale_by_learning_rate(o["learning_rate"]),
+    transforms.scale_by_learning_rate(o.learning_rate),
   )
   if multi_tensor:
-    return multi_tensor_lamb(chain, **options)
+    return multi_tensor_lamb(chain, o)
   if not fused:
     return chain
-  return fused_lamb(chain, **{k: v for k, v in options.items() if k != "moment_dtype"})
+  return fused_lib.fused_lamb(chain, o)
 
 
 def lamb(

@@ -20,7 +20,7 @@ included; ``lamb(..., fused=False)`` runs the chain itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,13 @@ import optax
 
 from lamb_optax._src import masks as masks_lib
 from lamb_optax._src import schedules, transforms
+
+
+def check_step(updates: Any, params: Any) -> None:
+  """What every ``lamb`` update checks first: params given, float updates shaped like them."""
+  transforms._require_params(params, "lamb")
+  transforms._check_float_leaves("updates", updates)
+  transforms._check_same_structure(updates, params)
 
 
 def leaf_step(
@@ -79,44 +86,51 @@ def leaf_step(
   return (-lr_t.astype(rdt) * u).astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype), r
 
 
+class Options(NamedTuple):
+  """The options of one chain of ``lamb`` (one group's), already checked."""
+
+  learning_rate: Any
+  b1: Any
+  b2: Any
+  eps: Any
+  eps_root: Any
+  weight_decay: Any
+  mask: masks_lib.MaskOrFn
+  centralize: bool
+  centralize_out_axis: int
+  trust_ratio_mask: masks_lib.MaskOrFn
+  min_trust_ratio: Any
+  max_trust_ratio: Any
+  layer_axes: Any
+  moment_dtype: Any
+
+  @property
+  def hyper(self) -> tuple[Any, ...]:
+    """What :func:`leaf_step` takes as ``hyper``."""
+    return (self.b1, self.b2, self.eps, self.eps_root, self.min_trust_ratio, self.max_trust_ratio)
+
+
 def fused_lamb(
-  reference: optax.GradientTransformation,
-  *,
-  learning_rate: Any,
-  b1: Any,
-  b2: Any,
-  eps: Any,
-  eps_root: Any,
-  weight_decay: Any,
-  mask: masks_lib.MaskOrFn,
-  centralize: bool,
-  centralize_out_axis: int,
-  trust_ratio_mask: masks_lib.MaskOrFn,
-  min_trust_ratio: Any,
-  max_trust_ratio: Any,
-  layer_axes: Any,
+  reference: optax.GradientTransformation, o: Options
 ) -> optax.GradientTransformationExtraArgs:
   """The chain ``reference`` computed in two passes per leaf (arguments already checked)."""
-  decays_nothing = schedules.is_positive_constant(weight_decay) is False
-  hyper = (b1, b2, eps, eps_root, min_trust_ratio, max_trust_ratio)
+  decays_nothing = schedules.is_positive_constant(o.weight_decay) is False
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    transforms._require_params(params, "lamb")
-    transforms._check_float_leaves("updates", updates)
-    transforms._check_same_structure(updates, params)
+    check_step(updates, params)
     first, adam_s, wd_s, _, lr_s = state
     transforms._check_same_structure(updates, adam_s.mu, "the moments (the params at init)")
     count = optax.safe_increment(adam_s.count)
-    lr_t = schedules.evaluate(learning_rate, lr_s.count)
+    lr_t = schedules.evaluate(o.learning_rate, lr_s.count)
     n = len(jax.tree.leaves(updates))
     if decays_nothing:
       decay_flags, wd_t = [False] * n, jnp.zeros((), jnp.float32)
     else:
-      decay_flags = masks_lib.resolve("mask", mask, params)
-      wd_t = schedules.evaluate(weight_decay, wd_s.count)
-    tr_flags = masks_lib.resolve(transforms._TR_MASK, trust_ratio_mask, params)
-    axes = transforms.resolve_layer_axes(layer_axes, params)
+      decay_flags = masks_lib.resolve("mask", o.mask, params)
+      wd_t = schedules.evaluate(o.weight_decay, wd_s.count)
+    tr_flags = masks_lib.resolve(transforms._TR_MASK, o.trust_ratio_mask, params)
+    axes = transforms.resolve_layer_axes(o.layer_axes, params)
 
     out_u, out_m, out_v, out_r = [], [], [], []
     for g, m, v, w, decay, trust, k in zip(
@@ -129,9 +143,9 @@ def fused_lamb(
       axes,
       strict=True,
     ):
-      if centralize:
-        g = transforms.centralize_leaf(g, centralize_out_axis)
-      u, m_new, v_new, r = leaf_step(g, m, v, w, count, lr_t, wd_t, decay, trust, k, hyper)
+      if o.centralize:
+        g = transforms.centralize_leaf(g, o.centralize_out_axis)
+      u, m_new, v_new, r = leaf_step(g, m, v, w, count, lr_t, wd_t, decay, trust, k, o.hyper)
       out_u.append(u)
       out_m.append(m_new)
       out_v.append(v_new)

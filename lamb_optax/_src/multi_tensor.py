@@ -268,38 +268,23 @@ def _split(outs: list[jax.Array]) -> list[jax.Array]:
 
 
 def multi_tensor_lamb(
-  reference: optax.GradientTransformation,
-  *,
-  learning_rate: Any,
-  b1: Any,
-  b2: Any,
-  eps: Any,
-  eps_root: Any,
-  weight_decay: Any,
-  mask: masks_lib.MaskOrFn,
-  centralize: bool,
-  centralize_out_axis: int,
-  trust_ratio_mask: masks_lib.MaskOrFn,
-  min_trust_ratio: Any,
-  max_trust_ratio: Any,
-  layer_axes: Any,
-  moment_dtype: Any,
+  reference: optax.GradientTransformation, o: fused.Options
 ) -> optax.GradientTransformationExtraArgs:
   """The chain ``reference`` computed on flat buffers (arguments already checked)."""
-  decays_nothing = schedules.is_positive_constant(weight_decay) is False
+  decays_nothing = schedules.is_positive_constant(o.weight_decay) is False
 
   def layout_of(params: Any) -> Layout:
     leaves = jax.tree.leaves(params)
     n = len(leaves)
-    decay = (False,) * n if decays_nothing else tuple(masks_lib.resolve("mask", mask, params))
+    decay = (False,) * n if decays_nothing else tuple(masks_lib.resolve("mask", o.mask, params))
     return _layout(
       jax.tree.structure(params),
       tuple(tuple(np.shape(x)) for x in leaves),
       tuple(np.dtype(x.dtype) for x in leaves),
       decay,
-      tuple(masks_lib.resolve(transforms._TR_MASK, trust_ratio_mask, params)),
-      tuple(transforms.resolve_layer_axes(layer_axes, params)),
-      None if moment_dtype is None else np.dtype(moment_dtype),
+      tuple(masks_lib.resolve(transforms._TR_MASK, o.trust_ratio_mask, params)),
+      tuple(transforms.resolve_layer_axes(o.layer_axes, params)),
+      None if o.moment_dtype is None else np.dtype(o.moment_dtype),
     )
 
   def init_fn(params):
@@ -337,9 +322,7 @@ def multi_tensor_lamb(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    transforms._require_params(params, "lamb")
-    transforms._check_float_leaves("updates", updates)
-    transforms._check_same_structure(updates, params)
+    fused.check_step(updates, params)
     first, adam_s, wd_s, tr_s, lr_s = state
     layout = layout_of(params)
     if not isinstance(tr_s.ratios, MultiTensorRatios) or not tr_s.ratios.layout.same_storage(
@@ -351,23 +334,24 @@ def multi_tensor_lamb(
         f" {layout!r}); call `init` on these parameters."
       )
     count = optax.safe_increment(adam_s.count)
-    lr_t = schedules.evaluate(learning_rate, lr_s.count)
+    lr_t = schedules.evaluate(o.learning_rate, lr_s.count)
     wd_t = (
-      jnp.zeros((), jnp.float32) if decays_nothing else schedules.evaluate(weight_decay, wd_s.count)
+      jnp.zeros((), jnp.float32)
+      if decays_nothing
+      else schedules.evaluate(o.weight_decay, wd_s.count)
     )
     grads = jax.tree.leaves(updates)
-    if centralize:
-      grads = [transforms.centralize_leaf(g, centralize_out_axis) for g in grads]
+    if o.centralize:
+      grads = [transforms.centralize_leaf(g, o.centralize_out_axis) for g in grads]
     weights = jax.tree.leaves(params)
     outs: list[Any] = [None] * len(grads)
     new_m, new_v, new_r = [], [], []
-    hyper = (b1, b2, eps, eps_root, min_trust_ratio, max_trust_ratio)
     for b, bucket in enumerate(layout.buckets):
       if bucket.solo:
         i = next(i for i, x in enumerate(layout.leaves) if x.bucket == b)
         outs[i], m_new, v_new, r = fused.leaf_step(
           grads[i], adam_s.mu[b], adam_s.nu[b], weights[i], count, lr_t, wd_t,
-          bucket.decay, bucket.trust, layout.leaves[i].k, hyper,
+          bucket.decay, bucket.trust, layout.leaves[i].k, o.hyper,
         )  # fmt: skip
         new_m.append(m_new)
         new_v.append(v_new)
@@ -377,11 +361,13 @@ def multi_tensor_lamb(
       rdt = transforms._real_dtype(cdt)
 
       def direction(m, v, w, decay=bucket.decay, rdt=rdt):
-        u = transforms.adam_direction(m, v, count, b1, b2, eps, eps_root)
+        u = transforms.adam_direction(m, v, count, o.b1, o.b2, o.eps, o.eps_root)
         return u + wd_t.astype(rdt) * w.astype(u.dtype) if decay else u
 
       g_flat = _gather(grads, layout, b, cdt)
-      m_flat, v_flat = transforms.adam_moments(g_flat, adam_s.mu[b], adam_s.nu[b], count, b1, b2)
+      m_flat, v_flat = transforms.adam_moments(
+        g_flat, adam_s.mu[b], adam_s.nu[b], count, o.b1, o.b2
+      )
       w_flat = _gather(weights, layout, b, cdt) if bucket.trust or bucket.decay else None
       if bucket.trust:
         squares = transforms.scaled_squares(w_flat, rdt) + transforms.scaled_squares(
@@ -389,7 +375,9 @@ def multi_tensor_lamb(
         )
         sums = [_segment_sums(s, layout, b) for s in _sums(squares, 1)]
         w_norm, u_norm = transforms.pick_norm(*sums[:3]), transforms.pick_norm(*sums[3:])
-        factors = transforms.trust_factors(w_norm, u_norm, rdt, min_trust_ratio, max_trust_ratio)
+        factors = transforms.trust_factors(
+          w_norm, u_norm, rdt, o.min_trust_ratio, o.max_trust_ratio
+        )
         ratio = factors[0].astype(jnp.float32)
         # Keep XLA from merging this pass's u with the reduction's into one stored array.
         m_b, v_b = jax.lax.optimization_barrier((m_flat, v_flat))
