@@ -212,3 +212,43 @@ def test_large_leaves_stay_per_leaf_and_match():
   assert (256, 256) in shapes and (2, 256, 256) in shapes  # solo leaves, in their own shape
   assert len(shapes) == 4  # and two buckets for bias (decayed) and gamma (not)
   assert lamb_optax.trust_ratios(s_flat)["stack"].shape == (2,)
+
+
+def test_multi_tensor_state_is_a_fixed_carry_and_wraps_in_optax():
+  """lax.scan needs the state to keep one structure; MultiSteps and apply_if_finite wrap it."""
+  params = _tree(many=3)
+  rng = np.random.default_rng(7)
+  grads = [
+    jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+    for _ in range(4)
+  ]
+  stacked = jax.tree.map(lambda *g: jnp.stack(g), *grads)
+  tx = lamb_optax.lamb(0.05, weight_decay=0.01, multi_tensor=True)
+
+  def body(carry, g):
+    p, s = carry
+    u, s = tx.update(g, s, p)
+    return (optax.apply_updates(p, u), s), None
+
+  (p_scan, _), _ = jax.lax.scan(body, (params, tx.init(params)), stacked)
+  p_loop, s_loop = params, tx.init(params)
+  for g in grads:
+    u, s_loop = jax.jit(tx.update)(g, s_loop, p_loop)
+    p_loop = optax.apply_updates(p_loop, u)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p_scan, p_loop)
+
+  for wrapped in (optax.MultiSteps(tx, every_k_schedule=2), optax.apply_if_finite(tx, 3)):
+    p, s = params, wrapped.init(params)
+    for g in grads[:2]:
+      u, s = jax.jit(wrapped.update)(g, s, p)
+      p = optax.apply_updates(p, u)
+    ratios = lamb_optax.trust_ratios(s)
+    assert jax.tree.structure(ratios) == jax.tree.structure(params)
+    assert all(np.all(np.isfinite(r)) for r in jax.tree.leaves(ratios))
+  nan = jax.tree.map(lambda g: g * jnp.nan, grads[0])
+  guarded = optax.apply_if_finite(tx, 3)
+  s0 = guarded.init(params)
+  u, s1 = guarded.update(nan, s0, params)
+  assert all(float(jnp.max(jnp.abs(x))) == 0 for x in jax.tree.leaves(u))  # step skipped
+  jax.tree.map(np.testing.assert_array_equal, s1.inner_state, s0.inner_state)
+  assert int(s1.notfinite_count) == 1
