@@ -165,8 +165,9 @@ def _layout(treedef, shapes, dtypes, decay, trust, axes, moment_dtype) -> Layout
   for key, k in keys.items():
     same_key = [i for i, o in enumerate(owner) if o == k]
     small = [i for i in same_key if np.prod(shapes[i], dtype=np.int64) < _SPLIT_BELOW]
+    small_set = set(small)
     for i in same_key:
-      if i not in small:  # a large leaf keeps its own shape (and sharding)
+      if i not in small_set:  # a large leaf keeps its own shape (and sharding)
         nseg = int(np.prod(shapes[i][: axes[i]], dtype=np.int64))
         seg_len = int(np.prod(shapes[i][axes[i] :], dtype=np.int64))
         leaves[i] = _Leaf(len(buckets), shapes[i], axes[i], 0, 0, nseg, seg_len, 0)
@@ -199,7 +200,7 @@ def _to_rows(x: jax.Array, leaf: _Leaf, width: int, dtype: Any) -> jax.Array:
   return x.reshape(leaf.nseg * leaf.seg_rows, width)
 
 
-def _from_rows(buf: jax.Array, leaf: _Leaf, width: int) -> jax.Array:
+def _from_rows(buf: jax.Array, leaf: _Leaf) -> jax.Array:
   x = buf[leaf.row : leaf.row + leaf.nseg * leaf.seg_rows].reshape(leaf.nseg, -1)
   return x[:, : leaf.seg_len].reshape(leaf.shape)
 
@@ -390,7 +391,7 @@ def multi_tensor_lamb(
       u_flat = -lr_t.astype(rdt) * u_flat
       members = [i for i, leaf in enumerate(layout.leaves) if leaf.bucket == b]
       cut = [
-        _from_rows(u_flat, leaf, bucket.width).astype(grads[i].dtype)
+        _from_rows(u_flat, leaf).astype(grads[i].dtype)
         if leaf.seg_rows and leaf.nseg
         else jnp.zeros(leaf.shape, grads[i].dtype)
         for i, leaf in ((i, layout.leaves[i]) for i in members)
