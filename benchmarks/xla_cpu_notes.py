@@ -5,7 +5,10 @@
    kernel has its own constant), and n leaves cut out of one buffer by static
    slices (each kernel has its own offset).
 2. Writing m' and v' in one kernel through a variadic reduction over a size-2
-   axis runs slower than the two loops XLA:CPU emits for them.
+   axis runs slower than the two loops XLA:CPU emits for them; one loop over
+   m and v stacked as one (2, n) array saves little.
+3. The fused step's norm pass is compute-bound: it takes longer than reading
+   its three inputs, and the overflow-safe sums cost little next to the plain ones.
 
     python benchmarks/xla_cpu_notes.py --leaves 1000 --out benchmarks/results
 """
@@ -53,21 +56,67 @@ def moments(n: int = 16 * 2**20, reps: int = 15) -> dict[str, float]:
     zero = [jnp.float32(0)] * 2
     return tuple(jax.lax.reduce(ops, zero, lambda a, b: [a[0] + b[0], a[1] + b[1]], (0,)))
 
+  def stacked(mv, g):
+    return (jnp.array([0.9, 0.999])[:, None] * mv + jnp.stack([0.1 * g, 0.001 * g * g]),)
+
   g = jnp.full(n, 0.1)
-  fs = {
-    "two loops": jax.jit(loops, donate_argnums=(0, 1)),
-    "one variadic reduction": jax.jit(one_reduction, donate_argnums=(0, 1)),
+  runs = {  # name: (donating step, state); each step returns the new state as a tuple
+    "two loops": (jax.jit(loops, donate_argnums=(0, 1)), (jnp.zeros(n), jnp.zeros(n))),
+    "one variadic reduction": (
+      jax.jit(one_reduction, donate_argnums=(0, 1)),
+      (jnp.zeros(n), jnp.zeros(n)),
+    ),
+    "one loop, m and v stacked": (jax.jit(stacked, donate_argnums=0), (jnp.zeros((2, n)),)),
   }
-  state = {k: (jnp.zeros(n), jnp.zeros(n)) for k in fs}
-  times: dict[str, list[float]] = {k: [] for k in fs}
-  for k, f in fs.items():
-    state[k] = jax.block_until_ready(f(*state[k], g))
+  states = {k: jax.block_until_ready(f(*s, g)) for k, (f, s) in runs.items()}
+  times: dict[str, list[float]] = {k: [] for k in runs}
   for _ in range(reps):
-    for k, f in fs.items():
+    for k, (f, _) in runs.items():
       t0 = time.perf_counter()
-      state[k] = jax.block_until_ready(f(*state[k], g))
+      states[k] = jax.block_until_ready(f(*states[k], g))
       times[k].append(time.perf_counter() - t0)
   return {k: 1e3 * float(np.median(t)) for k, t in times.items()}
+
+
+def norm_pass(n: int = 16 * 2**20, reps: int = 15) -> dict[str, float]:
+  from lamb_optax._src import transforms
+
+  key = jax.random.key(0)
+  w, m = jax.random.normal(key, (n,)), jax.random.normal(jax.random.fold_in(key, 1), (n,))
+  v = jnp.abs(jax.random.normal(jax.random.fold_in(key, 2), (n,)))
+
+  def u_of(m, v, w):
+    return (m / 0.1) / (jnp.sqrt(v / 0.001) + 1e-6) + 0.01 * w
+
+  def safe(w, m, v):
+    return transforms.safe_norms([(lambda w: w, (w,), 0), (u_of, (m, v, w), 0)])
+
+  def plain(w, m, v):
+    ops = [(w * w).reshape(256, -1), (u_of(m, v, w) ** 2).reshape(256, -1)]
+    zero = [jnp.float32(0)] * 2
+    return jax.lax.reduce(ops, zero, lambda a, b: [a[0] + b[0], a[1] + b[1]], (1,))
+
+  def read_only(w, m, v):  # the same variadic reduction, with no arithmetic to speak of
+    ops = [(w + m).reshape(256, -1), v.reshape(256, -1)]
+    zero = [jnp.float32(0)] * 2
+    return jax.lax.reduce(ops, zero, lambda a, b: [a[0] + b[0], a[1] + b[1]], (1,))
+
+  fs = {
+    "overflow-safe norms of w and u (6 sums)": safe,
+    "plain norms of w and u (2 sums)": plain,
+    "sum of w + m + v (reads the same 3 words)": read_only,
+  }
+  out = {}
+  for k, f in fs.items():
+    f = jax.jit(f)
+    jax.block_until_ready(f(w, m, v))
+    ts = []
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(w, m, v))
+      ts.append(time.perf_counter() - t0)
+    out[k] = 1e3 * float(np.median(ts))
+  return out
 
 
 def main() -> None:
@@ -82,6 +131,7 @@ def main() -> None:
     "device": jax.devices()[0].device_kind,
     f"compile seconds, {args.leaves} leaves of 32x32": kernels(args.leaves),
     "ms per m', v' update of a 16M leaf": moments(),
+    "ms per norm pass over a 16M leaf": norm_pass(),
   }
   print(json.dumps(result, indent=1))
   out = pathlib.Path(args.out)
