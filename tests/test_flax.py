@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from flax import nnx
+from flax import nnx, serialization
 from flax.training import train_state
 
 import lamb_optax
@@ -126,3 +126,17 @@ def test_orbax_round_trip_of_optimizer_state(tmp_path, options):
     restored = ckptr.restore(tmp_path / "ckpt", target)
   assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(opt_state)
   jax.tree.map(np.testing.assert_array_equal, restored["opt_state"], opt_state)
+
+
+def test_flax_msgpack_round_trip_of_multi_tensor_state():
+  """flax.serialization (to_bytes/from_bytes) knows the multi_tensor ratios node."""
+  x, _ = _data()
+  params = LinenCNN().init(jax.random.key(0), x)["params"]
+  tx = lamb_optax.lamb(0.05, groups=GROUPS, multi_tensor=True)
+  opt_state = tx.init(params)
+  _, opt_state = tx.update(jax.tree.map(jnp.ones_like, params), opt_state, params)
+  restored = serialization.from_bytes(tx.init(params), serialization.to_bytes(opt_state))
+  assert jax.tree.structure(restored) == jax.tree.structure(opt_state)
+  jax.tree.map(np.testing.assert_array_equal, restored, opt_state)
+  r1, r2 = lamb_optax.trust_ratios(restored), lamb_optax.trust_ratios(opt_state)
+  jax.tree.map(np.testing.assert_array_equal, r1, r2)

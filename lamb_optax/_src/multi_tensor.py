@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Any
 
 import jax
@@ -143,6 +144,29 @@ class MultiTensorRatios:
       for x in self.layout.leaves
     ]
     return jax.tree.unflatten(self.layout.treedef, leaves)
+
+
+_flax_registered = False
+
+
+def _register_with_flax() -> None:
+  """Teach ``flax.serialization`` (msgpack checkpoints) the ratios node, if flax is in use.
+
+  flax is not a dependency: this runs at ``init`` and only when flax is already imported.
+  """
+  global _flax_registered
+  serialization = sys.modules.get("flax.serialization")
+  if _flax_registered or serialization is None:
+    return
+  serialization.register_serialization_state(
+    MultiTensorRatios,
+    lambda r: {"values": serialization.to_state_dict(r.values)},
+    lambda target, state: MultiTensorRatios(
+      serialization.from_state_dict(target.values, state["values"]), target.layout
+    ),
+    override=True,
+  )
+  _flax_registered = True
 
 
 def _width(seg_lens: list[tuple[int, int]]) -> int:
@@ -290,6 +314,7 @@ def multi_tensor_lamb(
 
   def init_fn(params):
     jax.eval_shape(reference.init, params)  # every check of the chain's init, nothing computed
+    _register_with_flax()
     layout = layout_of(params)
     # The parameter and layer axes of each bucket's (last) leaf: what a solo bucket holds.
     solo = {x.bucket: (p, x.k) for x, p in zip(layout.leaves, jax.tree.leaves(params), strict=True)}
