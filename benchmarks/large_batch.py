@@ -14,6 +14,7 @@ import json
 import pathlib
 import platform
 
+import _plot
 import jax
 
 from lamb_optax import demo
@@ -48,22 +49,19 @@ def main() -> None:
       f" {b['accuracy']:.3f} |"
     )
 
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = _plot.axes()
   for opt, label in (("lamb", "LAMB"), ("adamw", "AdamW")):
     pts = sorted((r["batch_size"], r["accuracy"]) for r in slim if r["optimizer"] == opt)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
   ax.set_xscale("log", base=2)
-  ax.set_xlabel("batch size (lr scaled by sqrt(batch/32))")
-  ax.set_ylabel(f"test accuracy after {args.epochs} epochs")
-  ax.set_title("digits: LAMB vs AdamW as the batch grows")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out / "large_batch.png", dpi=110)
+  _plot.save(
+    fig,
+    ax,
+    out / "large_batch.png",
+    xlabel="batch size (lr scaled by sqrt(batch/32))",
+    ylabel=f"test accuracy after {args.epochs} epochs",
+    title="digits: LAMB vs AdamW as the batch grows",
+  )
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ import json
 import pathlib
 import platform
 
+import _plot
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import lamb_optax
 from lamb_optax import demo
@@ -31,16 +31,7 @@ def run(dtype, master_weights: bool, steps: int, seed: int) -> dict:
   params = jax.tree.map(lambda p: p.astype(dtype), params)
   tx = lamb_optax.lamb(1e-2, weight_decay=1e-4, mask="flax", master_weights=master_weights)
   state = tx.init(params)
-
-  def loss_fn(p, x, y):
-    logits = model.apply({"params": p}, x.astype(dtype)).astype(jnp.float32)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  @jax.jit
-  def step(params, state, x, y):
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state, loss
+  step = demo.make_train_step(model, tx, dtype)
 
   rng = np.random.default_rng(seed)
   losses = []
@@ -79,22 +70,19 @@ def main() -> None:
       f"{name:>26}: final loss (mean of last 50) {tail:.4f}, test accuracy {r['test_accuracy']:.3f}"
     )
 
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig, ax = _plot.axes(7)
   for name, r in runs.items():
     smooth = np.convolve(r["losses"], np.ones(10) / 10, mode="valid")
     ax.plot(smooth, label=f"{name} (test acc {r['test_accuracy']:.3f})")
   ax.set_yscale("log")
-  ax.set_xlabel("step")
-  ax.set_ylabel("training loss (10-step mean)")
-  ax.set_title("LAMB on digits: bfloat16 vs float32 parameters")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out / "mixed_precision.png", dpi=110)
+  _plot.save(
+    fig,
+    ax,
+    out / "mixed_precision.png",
+    xlabel="step",
+    ylabel="training loss (10-step mean)",
+    title="LAMB on digits: bfloat16 vs float32 parameters",
+  )
 
 
 if __name__ == "__main__":

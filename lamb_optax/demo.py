@@ -103,6 +103,28 @@ def make_optimizer(name: str, lr: float, steps: int) -> optax.GradientTransforma
   )
 
 
+def make_train_step(model: Any, tx: optax.GradientTransformation, dtype: Any = None) -> Any:
+  """The jitted step ``(params, opt_state, x, y) -> (params, opt_state, loss)``.
+
+  Cross-entropy loss in float32; with ``dtype``, the inputs are cast to it first
+  (for low-precision parameters).
+  """
+
+  def loss_fn(p, x, y):
+    if dtype is not None:
+      x = x.astype(dtype)
+    logits = model.apply({"params": p}, x).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return step
+
+
 def train(args: argparse.Namespace, *, progress: bool = True) -> dict[str, Any]:
   """Trains and returns losses and the test accuracy."""
   from tqdm.auto import tqdm
@@ -113,16 +135,7 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> dict[str, Any]:
   tx = make_optimizer(args.optimizer, lr, args.steps)
   params = model.init(jax.random.key(args.seed), jnp.asarray(x_tr[:1]))["params"]
   opt_state = tx.init(params)
-
-  def loss_fn(p, x, y):
-    logits = model.apply({"params": p}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  @jax.jit
-  def step(params, opt_state, x, y):
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  step = make_train_step(model, tx)
 
   rng = np.random.default_rng(args.seed)
   batch = min(args.batch_size, len(x_tr))
