@@ -124,24 +124,47 @@ def test_finite_extreme_values_give_finite_updates(scale, what):
       assert np.all(np.isfinite(np.asarray(leaf, np.float64))), leaf
 
 
-def test_huge_params_keep_the_lamb_invariant():
+# 2**17 elements: on CPU the fused step sums plainly first and must notice the
+# overflow or underflow (quick_norms' fallback); 1000 and 16 take safe_norms.
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("n", [1000, 2**17])
+def test_huge_params_keep_the_lamb_invariant(n, fused):
   """||w|| ~ 1e19 overflows a float32 sum of squares; the ratio is still right."""
-  w = {"w": jnp.full((1000,), 1e18, jnp.float32)}
-  g = {"w": jnp.ones(1000, jnp.float32)}
-  tx = lamb_optax.lamb(1e-3, mask=None)
-  u, _ = tx.update(g, tx.init(w), w)
-  expected = 1e-3 * 1e18 * np.sqrt(1000)
+  w = {"w": jnp.full((n,), 1e18, jnp.float32)}
+  g = {"w": jnp.ones(n, jnp.float32)}
+  tx = lamb_optax.lamb(1e-3, mask=None, fused=fused)
+  u, _ = jax.jit(tx.update)(g, tx.init(w), w)
+  expected = 1e-3 * 1e18 * np.sqrt(n)
   np.testing.assert_allclose(np.linalg.norm(np.asarray(u["w"], np.float64)), expected, rtol=1e-5)
 
 
-def test_tiny_updates_get_their_true_ratio():
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("n", [16, 2**17])
+def test_tiny_updates_get_their_true_ratio(n, fused):
   """Elements around 1e-24 vanish in a float32 sum of squares; safe_norm keeps them."""
-  w = {"w": jnp.full((16,), 1.0, jnp.float32)}
-  g = {"w": jnp.full((16,), 1e-30, jnp.float32)}  # u = m_hat / eps ~ 1e-24
-  tx = lamb_optax.lamb(1e-3, mask=None)
-  u, state = tx.update(g, tx.init(w), w)
-  np.testing.assert_allclose(np.linalg.norm(np.asarray(u["w"], np.float64)), 1e-3 * 4.0, rtol=1e-4)
+  w = {"w": jnp.full((n,), 1.0, jnp.float32)}
+  g = {"w": jnp.full((n,), 1e-30, jnp.float32)}  # u = m_hat / eps ~ 1e-24
+  tx = lamb_optax.lamb(1e-3, mask=None, fused=fused)
+  u, state = jax.jit(tx.update)(g, tx.init(w), w)
+  expected = 1e-3 * np.sqrt(n)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(u["w"], np.float64)), expected, rtol=1e-4)
   assert float(lamb_optax.trust_ratios(state)["w"]) > 1e20
+
+
+@pytest.mark.parametrize("kw", [{}, {"fused": False}, {"multi_tensor": True}])
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)])
+def test_one_element_leaf_with_tiny_values(shape, kw):
+  """Jitted, XLA turned a one-element (w * 2**64)**2 into w**2 * 2**128 = inf."""
+  w0, g0, eps = 5.16e-10, -1.32e-11, 1e-4
+  w = {"w": jnp.full(shape, w0, jnp.float32)}
+  g = {"w": jnp.full(shape, g0, jnp.float32)}
+  tx = lamb_optax.lamb(1e-3, eps=eps, weight_decay=0.0, **kw)
+  u, state = jax.jit(tx.update)(g, tx.init(w), w)
+  # Step 1: m_hat = g, v_hat = g**2, so u = g / (|g| + eps).
+  u0 = np.float64(g0) / (abs(g0) + eps)
+  ratio = abs(w0) / abs(u0)
+  np.testing.assert_allclose(float(lamb_optax.trust_ratios(state)["w"]), ratio, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(u["w"], np.float64), -1e-3 * ratio * u0, rtol=1e-5)
 
 
 # --- checkpoint and resume ----------------------------------------------------

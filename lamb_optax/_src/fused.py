@@ -6,9 +6,12 @@ as separate blocks, XLA materialises the Adam direction ``u`` to take its norm
 and then reads it again (XLA:CPU runs a reduction as its own kernel), and each
 norm is a separate pass. Here each leaf takes two passes over memory:
 
-1. m' and v' are written (they are outputs), then one variadic reduction reads
-   w, m', v' and sums the squares of w and of u (three sums each, see
-   ``transforms.safe_norms``), u recomputed inside the reduction;
+1. m' and v' are written (they are outputs), then the squares of w and of u
+   are summed, u recomputed inside the reduction from w, m', v' (on CPU, for
+   leaves of 2**16 elements and up, two plain vectorized sums with
+   ``transforms.safe_norms`` only where one is out of range, see
+   ``transforms.quick_norms``; elsewhere one variadic reduction of three sums
+   each);
 2. one elementwise pass reads w, m', v' and writes the update (which
    ``optax.apply_updates`` in the same jit turns into w', in place).
 
@@ -59,31 +62,45 @@ def leaf_step(
   """
   b1, b2, eps, eps_root, min_ratio, max_ratio = hyper
 
-  def direction(m_new, v_new, w):
+  def direction(m_new, v_new, w, count, wd_t, b1, b2, eps, eps_root):
     u = transforms.adam_direction(m_new, v_new, count, b1, b2, eps, eps_root)
     if decay:
       u = u + wd_t.astype(transforms._real_dtype(u.dtype)) * w.astype(u.dtype)
     return u
 
+  scalars = (count, wd_t, b1, b2, eps, eps_root)
   # Pass 1: new moments (written once, they are outputs) and, with a trust
   # ratio, the sums of squares of w and of u, with u recomputed inside the
   # reduction from the new moments.
   m_new, v_new = transforms.adam_moments(g, m, v, count, b1, b2)
   if trust:
-    w_norm, u_norm = transforms.safe_norms(
-      [(lambda w: w, (w,), k), (direction, (m_new, v_new, w), k)]
+    # The reduction gets scalars of its own (per leaf, and not constants): XLA
+    # merges equal broadcasts, and a broadcast that XLA:CPU's library sum
+    # (see quick_norms) shares with another kernel is stored as a full array.
+    count_a, _ = jax.lax.optimization_barrier((count, w))  # with w: one per leaf
+    zero = count_a.astype(jnp.float32) * 0  # x + zero is x, but XLA cannot fold it
+    scalars_a = (count_a, *(_unfolded(x, zero) for x in scalars[1:]))
+    w_norm, u_norm = transforms.quick_norms(
+      [(lambda w: w, (w,), k), (direction, (m_new, v_new, w, *scalars_a), k)]
     )
     # Pass 2: the update. The barrier stops XLA from merging this u with pass
     # 1's into one stored array.
-    m_b, v_b, w_b = jax.lax.optimization_barrier((m_new, v_new, w))
+    m_b, v_b, w_b, *scalars_b = jax.lax.optimization_barrier(
+      (m_new, v_new, w, *map(jnp.asarray, scalars))
+    )
     u, r = transforms.apply_trust_ratio(
-      direction(m_b, v_b, w_b), w_norm, u_norm, min_ratio, max_ratio
+      direction(m_b, v_b, w_b, *scalars_b), w_norm, u_norm, min_ratio, max_ratio
     )
   else:
-    u = direction(m_new, v_new, w)
+    u = direction(m_new, v_new, w, *scalars)
     r = jnp.ones(np.shape(w)[:k], jnp.float32)
   rdt = transforms._real_dtype(u.dtype)
   return (-lr_t.astype(rdt) * u).astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype), r
+
+
+def _unfolded(x: Any, zero: jax.Array) -> jax.Array:
+  x = jnp.asarray(x)
+  return x + zero.astype(x.dtype)
 
 
 class Options(NamedTuple):

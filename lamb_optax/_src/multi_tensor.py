@@ -41,8 +41,10 @@ import optax
 from lamb_optax._src import fused, schedules, transforms
 from lamb_optax._src import masks as masks_lib
 
-# Row widths tried, widest first; the widest whose padding adds at most 1/16 wins.
-_WIDTHS = tuple(2**i for i in range(12, -1, -1))
+# Row widths tried, widest first; the widest whose padding adds at most 1/16 wins,
+# else 2. Never 1: XLA rewrites a one-element (x * 2**64)**2 as x**2 * 2**128,
+# which overflows float32 (see transforms.safe_norms).
+_WIDTHS = tuple(2**i for i in range(12, 0, -1))
 # Leaves per bucket. Buckets of the same shapes compile to the same kernels
 # (XLA compiles those once), and a concatenation's compile time grows with the
 # square of its operand count.
@@ -175,7 +177,7 @@ def _width(seg_lens: list[tuple[int, int]]) -> int:
     padded = sum(n * -(-s // w) * w for n, s in seg_lens)
     if padded * 16 <= total * 17:
       return w
-  return 1
+  return 2
 
 
 @functools.lru_cache(maxsize=64)

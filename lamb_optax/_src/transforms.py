@@ -9,6 +9,7 @@ of the updates it received.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
@@ -450,6 +451,10 @@ def safe_norms(
   rdt = np.dtype(jnp.result_type(*[_real_dtype(x.dtype) for x in xs]))
   shape = xs[0].shape
   lead, rest = shape[:k], int(np.prod(shape[k:], dtype=np.int64))
+  if rest == 1:
+    # One element: the norm is |x|. (XLA also rewrites a one-element
+    # (x * 2**64)**2 as x**2 * 2**128, which overflows float32.)
+    return [jnp.abs(x).astype(rdt).reshape(lead) for x in xs]
   rows = _rows(rest)
   operands = []
   for x in xs:
@@ -460,6 +465,41 @@ def safe_norms(
   )
   sums = [jnp.sum(p, axis=k) for p in partial]
   return [pick_norm(*sums[3 * i : 3 * i + 3]) for i in range(len(xs))]
+
+
+_QUICK_FROM = 2**16  # arrays at least this large take quick_norms' plain sums
+
+
+def quick_norms(
+  items: Sequence[tuple[Callable[..., jax.Array], Sequence[jax.Array], int]],
+) -> list[jax.Array]:
+  """:func:`safe_norms`' results, from one plain sum per array where that is in range.
+
+  XLA:CPU runs a single-output ``jnp.sum`` of an expression as one vectorized
+  kernel, but the variadic reduction of :func:`safe_norms` as scalar code,
+  which is compute-bound when the expression has a division and a square root
+  (Adam's ``u``). So on CPU each array gets one plain sum of squares; only
+  where one of them is out of range (inf, or below ``2**-60``, zero included)
+  does a ``lax.cond`` run :func:`safe_norms`, whose plain branch is the same
+  sum. Other platforms, norms per layer (``k > 0``) and arrays under
+  ``2**16`` elements (where the reduction is cheap and a ``cond`` per leaf
+  would only add compile time) take :func:`safe_norms` directly.
+  """
+  make_x, args, k = items[0]
+  if k or jax.eval_shape(make_x, *args).size < _QUICK_FROM:
+    return safe_norms(items)
+
+  def on_cpu():
+    xs = [make_x(*args) for make_x, args, _ in items]
+    xs = [x.astype(compute_dtype(x.dtype)) for x in xs]
+    rdt = np.dtype(jnp.result_type(*[_real_dtype(x.dtype) for x in xs]))
+    sums = [jnp.sum(_abs_sq(x).astype(rdt)) for x in xs]
+    bad = functools.reduce(
+      jnp.logical_or, [jnp.isinf(s) | (s < jnp.asarray(2.0**-60, rdt)) for s in sums]
+    )
+    return jax.lax.cond(bad, lambda: safe_norms(items), lambda: [jnp.sqrt(s) for s in sums])
+
+  return jax.lax.platform_dependent(cpu=on_cpu, default=lambda: safe_norms(items))
 
 
 def scaled_squares(x: jax.Array, rdt: Any) -> list[jax.Array]:
