@@ -62,13 +62,15 @@ def leaf_step(
   """
   b1, b2, eps, eps_root, min_ratio, max_ratio = hyper
 
-  def direction(m_new, v_new, w, count, wd_t, b1, b2, eps, eps_root):
-    u = transforms.adam_direction(m_new, v_new, count, b1, b2, eps, eps_root)
+  def direction(m_new, v_new, w, correction1, correction2, wd_t, eps, eps_root):
+    u = transforms.corrected_direction(m_new, v_new, correction1, correction2, eps, eps_root)
     if decay:
       u = u + wd_t.astype(transforms._real_dtype(u.dtype)) * w.astype(u.dtype)
     return u
 
-  scalars = (count, wd_t, b1, b2, eps, eps_root)
+  rdt = transforms._real_dtype(transforms.compute_dtype(g.dtype))
+  corrections = [transforms._decay_constants(b, count, rdt)[2] for b in (b1, b2)]
+  scalars = (*corrections, wd_t, eps, eps_root)
   # Pass 1: new moments (written once, they are outputs) and, with a trust
   # ratio, the sums of squares of w and of u, with u recomputed inside the
   # reduction from the new moments.
@@ -79,17 +81,15 @@ def leaf_step(
     # (see quick_norms) shares with another kernel is stored as a full array.
     count_a, _ = jax.lax.optimization_barrier((count, w))  # with w: one per leaf
     zero = count_a.astype(jnp.float32) * 0  # x + zero is x, but XLA cannot fold it
-    scalars_a = (count_a, *(_unfolded(x, zero) for x in scalars[1:]))
+    scalars_a = [_unfolded(x, zero) for x in scalars]
     w_norm, u_norm = transforms.quick_norms(
       [(lambda w: w, (w,), k), (direction, (m_new, v_new, w, *scalars_a), k)]
     )
     # Pass 2: the update. The barrier stops XLA from merging this u with pass
     # 1's into one stored array.
-    m_b, v_b, w_b, *scalars_b = jax.lax.optimization_barrier(
-      (m_new, v_new, w, *map(jnp.asarray, scalars))
-    )
+    m_b, v_b, w_b = jax.lax.optimization_barrier((m_new, v_new, w))
     u, r = transforms.apply_trust_ratio(
-      direction(m_b, v_b, w_b, *scalars_b), w_norm, u_norm, min_ratio, max_ratio
+      direction(m_b, v_b, w_b, *scalars), w_norm, u_norm, min_ratio, max_ratio
     )
   else:
     u = direction(m_new, v_new, w, *scalars)

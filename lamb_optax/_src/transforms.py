@@ -209,12 +209,19 @@ def adam_direction(
   m_new: jax.Array, v_new: jax.Array, count: jax.Array, b1: Any, b2: Any, eps: Any, eps_root: Any
 ) -> jax.Array:
   """``(m/(1-b1^t)) / (sqrt(v/(1-b2^t) + eps_root) + eps)`` in the moments' dtype."""
+  rdt = _real_dtype(m_new.dtype)
+  corrections = _decay_constants(b1, count, rdt)[2], _decay_constants(b2, count, rdt)[2]
+  return corrected_direction(m_new, v_new, *corrections, eps, eps_root)
+
+
+def corrected_direction(
+  m_new: jax.Array, v_new: jax.Array, correction1: Any, correction2: Any, eps: Any, eps_root: Any
+) -> jax.Array:
+  """:func:`adam_direction` from the bias corrections ``1 - b1^t`` and ``1 - b2^t``."""
   cdt = m_new.dtype
   rdt = _real_dtype(cdt)
-  _, _, correction1 = _decay_constants(b1, count, rdt)
-  _, _, correction2 = _decay_constants(b2, count, rdt)
-  m_hat = m_new / correction1.astype(cdt)
-  v_hat = v_new / correction2.astype(cdt)
+  m_hat = m_new / jnp.asarray(correction1).astype(cdt)
+  v_hat = v_new / jnp.asarray(correction2).astype(cdt)
   return m_hat / (jnp.sqrt(v_hat + jnp.asarray(eps_root, rdt)) + jnp.asarray(eps, rdt))
 
 
