@@ -24,6 +24,7 @@ def _tree():
   rng = np.random.default_rng(0)
   return {
     "encoder": {
+      "embed": rng.normal(size=(512, 256)),  # 2**17: on CPU, quick_norms' cond under SPMD
       "kernel": rng.normal(size=(16, 8)),
       "bias": rng.normal(size=(8,)),
       "LayerNorm": {"gamma": 1 + 0.1 * rng.normal(size=(8,))},
@@ -34,12 +35,17 @@ def _tree():
 
 
 FSDP_TP = {  # a 2-D mesh: fsdp x tensor parallel
-  "encoder": {"kernel": P("fsdp", "tp"), "bias": P("tp"), "LayerNorm": {"gamma": P()}},
+  "encoder": {
+    "embed": P("fsdp", "tp"),
+    "kernel": P("fsdp", "tp"),
+    "bias": P("tp"),
+    "LayerNorm": {"gamma": P()},
+  },
   "conv": {"kernel": P(None, None, None, "tp")},
   "blocks": {"kernel": P("fsdp", None, "tp")},  # the layer axis itself sharded
 }
 FSDP = {
-  "encoder": {"kernel": P("d"), "bias": P("d"), "LayerNorm": {"gamma": P("d")}},
+  "encoder": {"embed": P("d"), "kernel": P("d"), "bias": P("d"), "LayerNorm": {"gamma": P("d")}},
   "conv": {"kernel": P(None, None, None, "d")},
   "blocks": {"kernel": P(None, "d")},
 }
