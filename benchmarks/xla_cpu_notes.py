@@ -7,8 +7,11 @@
 2. Writing m' and v' in one kernel through a variadic reduction over a size-2
    axis runs slower than the two loops XLA:CPU emits for them; one loop over
    m and v stacked as one (2, n) array saves little.
-3. The fused step's norm pass is compute-bound: it takes longer than reading
-   its three inputs, and the overflow-safe sums cost little next to the plain ones.
+3. The norm pass as one variadic reduction is compute-bound: XLA:CPU emits it
+   as scalar code, so it takes longer than reading its three inputs, and u's
+   division and square root dominate. A single-output ``jnp.sum`` of the same
+   expression becomes a vectorized library fusion ("ynn_fusion" in the
+   optimized HLO), which is what ``transforms.quick_norms`` uses.
 
     python benchmarks/xla_cpu_notes.py --leaves 1000 --out benchmarks/results
 """
@@ -101,10 +104,18 @@ def norm_pass(n: int = 16 * 2**20, reps: int = 15) -> dict[str, float]:
     zero = [jnp.float32(0)] * 2
     return jax.lax.reduce(ops, zero, lambda a, b: [a[0] + b[0], a[1] + b[1]], (1,))
 
+  def library_sums(w, m, v):  # two single-output sums: two library fusions on CPU
+    return jnp.sum(w * w), jnp.sum(u_of(m, v, w) ** 2)
+
+  def quick(w, m, v):  # what the fused step runs on CPU for a leaf this large
+    return transforms.quick_norms([(lambda w: w, (w,), 0), (u_of, (m, v, w), 0)])
+
   fs = {
     "overflow-safe norms of w and u (6 sums)": safe,
     "plain norms of w and u (2 sums)": plain,
     "sum of w + m + v (reads the same 3 words)": read_only,
+    "two single-output jnp.sum (plain)": library_sums,
+    "transforms.quick_norms (plain sums, safe on overflow)": quick,
   }
   out = {}
   for k, f in fs.items():
