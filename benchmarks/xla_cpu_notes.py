@@ -1,4 +1,4 @@
-"""The two XLA:CPU facts behind ``multi_tensor`` and the fused step, measured.
+"""The XLA:CPU facts behind ``multi_tensor`` and the fused step, measured.
 
 1. Compile time follows the number of *distinct* fused kernels: n leaves of
    ``w - 1.0`` (identical kernels) against n leaves of ``w - float(i)`` (each
@@ -12,6 +12,8 @@
    division and square root dominate. A single-output ``jnp.sum`` of the same
    expression becomes a vectorized library fusion ("ynn_fusion" in the
    optimized HLO), which is what ``transforms.quick_norms`` uses.
+4. What that gains in a whole ``lamb`` step, and what its per-leaf ``cond``
+   costs in compile time, on 16M params in leaves of 2**16 and 2**18.
 
     python benchmarks/xla_cpu_notes.py --leaves 1000 --out benchmarks/results
 """
@@ -130,6 +132,45 @@ def norm_pass(n: int = 16 * 2**20, reps: int = 15) -> dict[str, float]:
   return out
 
 
+def quick_vs_safe(sizes=(2**16, 2**18), reps: int = 12) -> dict[str, dict[str, float]]:
+  """The default step on 16M params in leaves of each size: CPU sums (``quick_norms``) on/off."""
+  import optax
+
+  import lamb_optax
+  from lamb_optax._src import transforms
+
+  out = {}
+  for size in sizes:
+    params = {f"w{i}": jnp.full((size,), 0.5) for i in range(2**24 // size)}
+    grads = jax.tree.map(lambda x: x * 0.1, params)
+    runs, default = {}, transforms._QUICK_FROM
+    for name, start in (("quick_norms", default), ("safe_norms only", 2**62)):
+      transforms._QUICK_FROM = start  # read when the step is traced
+      try:
+        tx = lamb_optax.lamb(1e-3, weight_decay=0.01)
+
+        def step(p, s, g, tx=tx):
+          u, s = tx.update(g, s, p)
+          return optax.apply_updates(p, u), s
+
+        t0 = time.perf_counter()
+        f = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), grads).compile()
+        seconds = time.perf_counter() - t0
+      finally:
+        transforms._QUICK_FROM = default
+      runs[name] = [f, jax.tree.map(jnp.copy, params), tx.init(params), seconds, []]
+    for _ in range(reps):
+      for r in runs.values():
+        t0 = time.perf_counter()
+        r[1], r[2] = r[0](r[1], r[2], grads)
+        jax.block_until_ready(r[1])
+        r[4].append(time.perf_counter() - t0)
+    for name, r in runs.items():
+      key = f"{2**24 // size} leaves of {size}, {name}"
+      out[key] = {"ms/step": 1e3 * float(np.median(r[4][2:])), "compile s": r[3]}
+  return out
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--leaves", type=int, default=1000)
@@ -143,6 +184,7 @@ def main() -> None:
     f"compile seconds, {args.leaves} leaves of 32x32": kernels(args.leaves),
     "ms per m', v' update of a 16M leaf": moments(),
     "ms per norm pass over a 16M leaf": norm_pass(),
+    "default lamb step, 16M params, interleaved": quick_vs_safe(),
   }
   print(json.dumps(result, indent=1))
   out = pathlib.Path(args.out)
