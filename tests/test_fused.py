@@ -64,6 +64,40 @@ def test_fused_equals_chain_in_float32(name, big):
     p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
 
 
+@pytest.mark.parametrize(
+  "dtype, rtol",
+  [
+    (jnp.bfloat16, 2e-2),
+    (jnp.float16, 2e-2),
+    (jnp.float64, 1e-12),
+    (jnp.complex64, 2e-6),
+    (jnp.complex128, 1e-12),
+  ],
+  ids=["bf16", "f16", "f64", "c64", "c128"],
+)
+def test_fused_large_leaf_close_to_chain_in_every_dtype(dtype, rtol):
+  """A 2**17-element leaf (CPU: quick_norms' plain sums) against the chain's safe_norms."""
+  with jax.enable_x64(dtype in (jnp.float64, jnp.complex128)):
+    rng = np.random.default_rng(3)
+    shape = (512, 256)
+    real = rng.normal(size=shape) + (
+      1j * rng.normal(size=shape) if jnp.iscomplexobj(dtype(0)) else 0
+    )
+    p = {"w": jnp.asarray(real, dtype)}
+    g = {"w": jnp.asarray(real[::-1] * 0.5 + 0.1, dtype)}
+    out = []
+    for fused in (True, False):
+      tx = lamb_optax.lamb(0.05, weight_decay=0.01, fused=fused)
+      u, s = jax.jit(tx.update)(g, tx.init(p), p)
+      out.append((u["w"], lamb_optax.trust_ratios(s)["w"]))
+    (u1, r1), (u2, r2) = out
+    assert u1.dtype == u2.dtype == p["w"].dtype
+    np.testing.assert_allclose(
+      np.asarray(u1, np.complex128), np.asarray(u2, np.complex128), rtol=rtol
+    )
+    np.testing.assert_allclose(float(r1), float(r2), rtol=rtol)
+
+
 def test_fused_bfloat16_close_to_chain():
   """The chain rounds the direction to bf16 between blocks; the fused path does not."""
   fused = lamb_optax.lamb(0.05, weight_decay=0.01)
