@@ -452,10 +452,8 @@ def safe_norms(
   squares lose precision or vanish) the scaled-up one. In the
   range between, the result is exactly the plain ``sqrt(sum(|x|**2))``.
   """
-  xs = [make_x(*args) for make_x, args, _ in items]
+  xs, rdt = _norm_inputs(items)
   k = items[0][2]
-  xs = [x.astype(compute_dtype(x.dtype)) for x in xs]
-  rdt = np.dtype(jnp.result_type(*[_real_dtype(x.dtype) for x in xs]))
   shape = xs[0].shape
   lead, rest = shape[:k], int(np.prod(shape[k:], dtype=np.int64))
   if rest == 1:
@@ -497,16 +495,26 @@ def quick_norms(
     return safe_norms(items)
 
   def on_cpu():
-    xs = [make_x(*args) for make_x, args, _ in items]
-    xs = [x.astype(compute_dtype(x.dtype)) for x in xs]
-    rdt = np.dtype(jnp.result_type(*[_real_dtype(x.dtype) for x in xs]))
+    xs, rdt = _norm_inputs(items)
     sums = [jnp.sum(_abs_sq(x).astype(rdt)) for x in xs]
-    bad = functools.reduce(
-      jnp.logical_or, [jnp.isinf(s) | (s < jnp.asarray(2.0**-60, rdt)) for s in sums]
-    )
+    bad = functools.reduce(jnp.logical_or, [jnp.isinf(s) | _too_small(s) for s in sums])
     return jax.lax.cond(bad, lambda: safe_norms(items), lambda: [jnp.sqrt(s) for s in sums])
 
   return jax.lax.platform_dependent(cpu=on_cpu, default=lambda: safe_norms(items))
+
+
+def _norm_inputs(
+  items: Sequence[tuple[Callable[..., jax.Array], Sequence[jax.Array], int]],
+) -> tuple[list[jax.Array], np.dtype]:
+  """The arrays of :func:`safe_norms`' items in their compute dtype, and the dtype of the sums."""
+  xs = [make_x(*args) for make_x, args, _ in items]
+  xs = [x.astype(compute_dtype(x.dtype)) for x in xs]
+  return xs, np.dtype(jnp.result_type(*[_real_dtype(x.dtype) for x in xs]))
+
+
+def _too_small(mid: jax.Array) -> jax.Array:
+  """Whether a plain sum of squares is below the range where it is exact enough (2**-60)."""
+  return mid < jnp.asarray(2.0**-60, mid.dtype)
 
 
 def scaled_squares(x: jax.Array, rdt: Any) -> list[jax.Array]:
@@ -525,7 +533,7 @@ def pick_norm(mid: jax.Array, big: jax.Array, small: jax.Array) -> jax.Array:
     jnp.isinf(mid),
     jnp.sqrt(big) * jnp.asarray(_SCALE, rdt),
     jnp.where(
-      mid < jnp.asarray(2.0**-60, rdt),
+      _too_small(mid),
       jnp.sqrt(small) * jnp.asarray(1 / _SCALE, rdt),
       jnp.sqrt(mid),
     ),
