@@ -23,6 +23,7 @@ included; ``lamb(..., fused=False)`` runs the chain itself.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -39,6 +40,30 @@ def check_step(updates: Any, params: Any) -> None:
   transforms._require_params(params, "lamb")
   transforms._check_float_leaves("updates", updates)
   transforms._check_same_structure(updates, params)
+
+
+def corrections(count: jax.Array, b1: Any, b2: Any, rdt: Any) -> list[jax.Array]:
+  """Adam's bias corrections ``1 - b1^t`` and ``1 - b2^t`` in ``rdt``."""
+  return [transforms._decay_constants(b, count, rdt)[2] for b in (b1, b2)]
+
+
+def decayed_direction(
+  m_new: jax.Array,
+  v_new: jax.Array,
+  w: Any,
+  correction1: Any,
+  correction2: Any,
+  wd_t: Any,
+  eps: Any,
+  eps_root: Any,
+  *,
+  decay: bool,
+) -> jax.Array:
+  """Adam's direction from the new moments, plus ``wd_t * w`` where ``decay``."""
+  u = transforms.corrected_direction(m_new, v_new, correction1, correction2, eps, eps_root)
+  if decay:
+    u = u + jnp.asarray(wd_t).astype(transforms._real_dtype(u.dtype)) * w.astype(u.dtype)
+  return u
 
 
 def leaf_step(
@@ -61,16 +86,9 @@ def leaf_step(
   and layer axes.
   """
   b1, b2, eps, eps_root, min_ratio, max_ratio = hyper
-
-  def direction(m_new, v_new, w, correction1, correction2, wd_t, eps, eps_root):
-    u = transforms.corrected_direction(m_new, v_new, correction1, correction2, eps, eps_root)
-    if decay:
-      u = u + wd_t.astype(transforms._real_dtype(u.dtype)) * w.astype(u.dtype)
-    return u
-
+  direction = functools.partial(decayed_direction, decay=decay)
   rdt = transforms._real_dtype(transforms.compute_dtype(g.dtype))
-  corrections = [transforms._decay_constants(b, count, rdt)[2] for b in (b1, b2)]
-  scalars = (*corrections, wd_t, eps, eps_root)
+  scalars = (*corrections(count, b1, b2, rdt), wd_t, eps, eps_root)
   # Pass 1: new moments (written once, they are outputs) and, with a trust
   # ratio, the sums of squares of w and of u, with u recomputed inside the
   # reduction from the new moments.
@@ -94,7 +112,6 @@ def leaf_step(
   else:
     u = direction(m_new, v_new, w, *scalars)
     r = jnp.ones(np.shape(w)[:k], jnp.float32)
-  rdt = transforms._real_dtype(u.dtype)
   return (-lr_t.astype(rdt) * u).astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype), r
 
 

@@ -387,10 +387,10 @@ def multi_tensor_lamb(
         continue
       cdt = transforms.compute_dtype(bucket.param_dtype)
       rdt = transforms._real_dtype(cdt)
+      scalars = (*fused.corrections(count, o.b1, o.b2, rdt), wd_t, o.eps, o.eps_root)
 
-      def direction(m, v, w, decay=bucket.decay, rdt=rdt):
-        u = transforms.adam_direction(m, v, count, o.b1, o.b2, o.eps, o.eps_root)
-        return u + wd_t.astype(rdt) * w.astype(u.dtype) if decay else u
+      def direction(m, v, w, decay=bucket.decay, scalars=scalars):
+        return fused.decayed_direction(m, v, w, *scalars, decay=decay)
 
       g_flat = _gather(grads, layout, b, cdt)
       m_flat, v_flat = transforms.adam_moments(
