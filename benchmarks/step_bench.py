@@ -11,7 +11,14 @@ pass for the norms) and its ratio to a donated triad ``a = a + s*c`` measured
 here; compile seconds; optimizer-state bytes / parameter bytes; XLA temp bytes
 from ``compiled.memory_analysis()`` / parameter bytes; minor page faults per
 step (``getrusage``, median): the cost of temporaries that the allocator
-hands back to the OS every step.
+hands back to the OS every step. Two more columns separate host from device
+costs, which matter on GPUs where trees of many leaves are dispatch-bound:
+"pipelined" is ms/step over ``steps`` calls dispatched back to back with one
+wait at the end (how a training loop runs), and "no-op" is ms/step of a
+donated pass-through call with the same buffers (params, state, grads) and no
+arithmetic, the host's cost per call for that many buffers. "kernels" counts
+the launched ops (fusions, custom calls and other non-trivial instructions) in
+the optimised HLO's entry computation.
 
     python benchmarks/step_bench.py --out benchmarks/results            # all trees
     python benchmarks/step_bench.py --trees bert,leaf64m --steps 20     # a subset
@@ -20,6 +27,7 @@ hands back to the OS every step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -83,6 +91,16 @@ TREES: dict[str, Callable[[], dict[str, tuple[int, ...]]]] = {
 }
 
 
+def entry_kernels(hlo: str) -> int:
+  """Ops that launch work in the optimised HLO's entry computation (a rough kernel count)."""
+  entry = hlo[hlo.index("\nENTRY ") :]
+  entry = entry[: entry.index("\n}")]
+  free = ("parameter(", "tuple(", "get-tuple-element(", "bitcast(", "constant(", "opt-barrier(")
+  return sum(
+    1 for line in entry.splitlines()[1:] if " = " in line and not any(f in line for f in free)
+  )
+
+
 def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
   return {
     "lamb_optax.lamb": lambda: lamb_optax.lamb(1e-3, weight_decay=0.01),
@@ -93,6 +111,37 @@ def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
     "optax.lamb": lambda: optax.lamb(1e-3, weight_decay=0.01, mask=lamb_optax.masks.mindspore),
     "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=0.01),
   }
+
+
+# Trials of multi_tensor's private constants: (optimizer it starts from, constants while it is
+# traced), run only when --optimizers names them. "packed" packs every leaf, large ones
+# too, into buckets of up to 256 (or 64) leaves; "sliced" returns each update as a slice of the
+# flat one instead of cutting it out with a reduction.
+_ALL = {"_SPLIT_BELOW": 2**62, "_CUT_BELOW": 2**62}
+TRIALS: dict[str, tuple[str, dict[str, int]]] = {
+  "mt[packed]": ("lamb_optax.lamb(multi_tensor=True)", {**_ALL, "_SPLIT": 256}),
+  "mt[packed-64]": ("lamb_optax.lamb(multi_tensor=True)", _ALL),
+  "mt[packed-sliced]": (
+    "lamb_optax.lamb(multi_tensor=True)",
+    {**_ALL, "_SPLIT": 256, "_CUT_BELOW": 0},
+  ),
+}
+
+
+@contextlib.contextmanager
+def _constants(values: dict[str, int]):
+  from lamb_optax._src import multi_tensor
+
+  old = {k: getattr(multi_tensor, k) for k in values}
+  multi_tensor._layout.cache_clear()
+  try:
+    for k, v in values.items():
+      setattr(multi_tensor, k, v)
+    yield
+  finally:
+    for k, v in old.items():
+      setattr(multi_tensor, k, v)
+    multi_tensor._layout.cache_clear()
 
 
 def _tree(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, jax.Array]:
@@ -123,9 +172,13 @@ def bench_tree(name: str, steps: int, skip: set[str], only: set[str]) -> list[di
   param_bytes = 4 * n_params
   grads = _tree(shapes, 1)
   runs = {}
-  for opt_name, make in optimizers().items():
+  makers = {k: (f, {}) for k, f in optimizers().items()}
+  makers.update({k: (optimizers()[base], c) for k, (base, c) in TRIALS.items()})
+  for opt_name, (make, constants) in makers.items():
     if f"{name}:{opt_name}" in skip or (only and opt_name not in only):
       continue
+    if constants and opt_name not in only:
+      continue  # trials run only when --optimizers names them
     tx = make()
 
     def step(p, s, g, tx=tx):
@@ -133,17 +186,20 @@ def bench_tree(name: str, steps: int, skip: set[str], only: set[str]) -> list[di
       return optax.apply_updates(p, u), s
 
     params = _tree(shapes, 0)
-    state = jax.jit(tx.init)(params)
-    t0 = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
-    compile_s = time.perf_counter() - t0
+    with _constants(constants):
+      state = jax.jit(tx.init)(params)
+      t0 = time.perf_counter()
+      compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+      compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
+    noop = jax.jit(lambda p, s, g: (p, s), donate_argnums=(0, 1)).lower(params, state, grads)
     runs[opt_name] = {
       "compiled": compiled,
       "params": params,
       "state": state,
       "times": [],
       "faults": [],
+      "noop": noop.compile(),
       "row": {
         "tree": name,
         "optimizer": opt_name,
@@ -152,6 +208,7 @@ def bench_tree(name: str, steps: int, skip: set[str], only: set[str]) -> list[di
         "compile_s": compile_s,
         "state_over_params": sum(x.nbytes for x in jax.tree.leaves(state)) / param_bytes,
         "temp_over_params": (mem.temp_size_in_bytes / param_bytes) if mem else None,
+        "kernels": entry_kernels(compiled.as_text()),
       },
     }
   for r in runs.values():  # warm-up
@@ -165,6 +222,15 @@ def bench_tree(name: str, steps: int, skip: set[str], only: set[str]) -> list[di
       jax.block_until_ready((r["params"], r["state"]))
       r["times"].append(time.perf_counter() - t0)
       r["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+  for r in runs.values():  # back to back, one wait at the end; then the same for the no-op
+    for key, f in (("pipelined_ms", r["compiled"]), ("noop_ms", r["noop"])):
+      r["params"], r["state"] = f(r["params"], r["state"], grads)
+      jax.block_until_ready((r["params"], r["state"]))
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        r["params"], r["state"] = f(r["params"], r["state"], grads)
+      jax.block_until_ready((r["params"], r["state"]))
+      r["row"][key] = 1e3 * (time.perf_counter() - t0) / steps
   rows = []
   for r in runs.values():
     ms = 1e3 * float(np.median(r["times"]))
@@ -183,8 +249,8 @@ def bench_tree(name: str, steps: int, skip: set[str], only: set[str]) -> list[di
 def table(rows: list[dict], triad: float) -> str:
   out = [
     "| tree | optimizer | ms/step | vs optax.lamb | GB/s @10 words | of triad | compile s |"
-    " state/params | temp/params | minor faults/step |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    " state/params | temp/params | minor faults/step | pipelined ms | no-op ms | kernels |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   base = {r["tree"]: r for r in rows if r["optimizer"] == "optax.lamb"}
   for r in rows:
@@ -196,8 +262,13 @@ def table(rows: list[dict], triad: float) -> str:
       f" {r['ms']:.1f} | {rel} | {r['gbps']:.1f} | {r['gbps'] / triad:.2f} |"
       f" {r['compile_s']:.1f} | {r['state_over_params']:.2f} | {temp} |"
       f" {r.get('faults_per_step', float('nan')):.0f} |"
+      f" {_num(r, 'pipelined_ms')} | {_num(r, 'noop_ms')} | {r.get('kernels', 'n/a')} |"
     )
   return "\n".join(out)
+
+
+def _num(row: dict, key: str) -> str:
+  return f"{row[key]:.1f}" if key in row else "n/a"
 
 
 def main() -> None:
@@ -218,10 +289,6 @@ def main() -> None:
   skip = {s for s in args.skip.split(",") if s}
   triad = triad_gbps()
   print(f"triad: {triad:.1f} GB/s on {jax.devices()[0].device_kind}", flush=True)
-  rows = []
-  for name in args.trees.split(","):
-    rows += bench_tree(name, args.steps, skip, {o for o in args.optimizers.split(",") if o})
-    print(table([r for r in rows if r["tree"] == name], triad), flush=True)
   meta = {
     "command": "python benchmarks/step_bench.py "
     + " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in vars(args).items() if k != "out" and v),
@@ -232,13 +299,17 @@ def main() -> None:
   }
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / f"step_bench_{args.tag}.json").write_text(
-    json.dumps({"meta": meta, "rows": rows}, indent=1)
-  )
-  (out / f"step_bench_{args.tag}.md").write_text(
-    f"`{meta['command']}` on {meta['machine']} (jax {meta['jax']}, optax {meta['optax']}),"
-    f" triad {triad:.1f} GB/s\n\n" + table(rows, triad) + "\n"
-  )
+  rows = []
+  for name in args.trees.split(","):  # the files are rewritten after each tree
+    rows += bench_tree(name, args.steps, skip, {o for o in args.optimizers.split(",") if o})
+    print(table([r for r in rows if r["tree"] == name], triad), flush=True)
+    (out / f"step_bench_{args.tag}.json").write_text(
+      json.dumps({"meta": meta, "rows": rows}, indent=1)
+    )
+    (out / f"step_bench_{args.tag}.md").write_text(
+      f"`{meta['command']}` on {meta['machine']} (jax {meta['jax']}, optax {meta['optax']}),"
+      f" triad {triad:.1f} GB/s\n\n" + table(rows, triad) + "\n"
+    )
   print(table(rows, triad))
 
 

@@ -49,7 +49,8 @@ _WIDTHS = tuple(2**i for i in range(12, 0, -1))
 # (XLA compiles those once), and a concatenation's compile time grows with the
 # square of its operand count.
 _SPLIT = 64
-_SPLIT_BELOW = 2**16  # leaves smaller than this are cut out by variadic reductions
+_SPLIT_BELOW = 2**16  # leaves smaller than this are packed into buckets
+_CUT_BELOW = 2**16  # updates smaller than this are cut out by variadic reductions (see _split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,13 +277,13 @@ def _split(outs: list[jax.Array]) -> list[jax.Array]:
   A per-leaf kernel that slices a shared buffer differs from every other one
   (its offset is a constant), so XLA compiles each; after this, the kernels
   that consume the leaves are identical and compile once. Only leaves under
-  ``_SPLIT_BELOW`` elements are cut this way: XLA:CPU runs a reduction about
+  ``_CUT_BELOW`` elements are cut this way: XLA:CPU runs a reduction about
   4x slower than a loop, and large leaves are few (their compile time is small
   next to their step time).
   """
   groups: dict[tuple, list[int]] = {}
   for i, x in enumerate(outs):
-    if 0 < x.size < _SPLIT_BELOW:
+    if 0 < x.size < _CUT_BELOW:
       groups.setdefault((x.shape, x.dtype), []).append(i)
   result = list(outs)
   for idx in groups.values():
