@@ -144,6 +144,28 @@ def test_many_leaves_compile_to_few_distinct_kernels():
   assert _distinct_computations(text) < 60
 
 
+@pytest.mark.parametrize("n,mixed", [(3, False), (40, False), (300, False), (60, True)])
+def test_multi_tensor_temporaries_stay_under_the_params(n, mixed):
+  """Buckets run one after the other (each waits for the one before to make its updates),
+  so XLA applies each bucket's updates before it gathers the next: the temporaries are
+  about 2x one bucket (at most a quarter of the packed leaves), not 2x all of them."""
+  shapes = [(32, 32), (8, 64), (100,)] if mixed else [(32, 32)]
+  params = {f"w{i:03d}": jnp.ones(shapes[i % len(shapes)]) * (i + 1) for i in range(n)}
+  tx = lamb_optax.lamb(1e-3, weight_decay=0.01, multi_tensor=True)
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  state = tx.init(params)
+  assert len(state[1].mu) >= min(n, multi_tensor._MIN_BUCKETS)
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
+  param_bytes = sum(x.nbytes for x in params.values())
+  # Measured on XLA:CPU: 0.74x (3 leaves, one per bucket), 0.53x (40), 0.43x (300), 0.90x
+  # (mixed); all buckets gathered at once, as before, took 1.8x to 2.0x.
+  assert compiled.memory_analysis().temp_size_in_bytes <= 1.0 * param_bytes
+
+
 def test_multi_tensor_with_master_weights_and_inject_hyperparams():
   params = {"w": jnp.linspace(-1, 1, 12, dtype=jnp.bfloat16), "b": jnp.zeros(3, jnp.bfloat16)}
   tx = lamb_optax.inject_hyperparams()(

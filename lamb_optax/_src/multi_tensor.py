@@ -7,7 +7,8 @@ identical fusions are compiled once). Here, as apex's ``multi_tensor_apply``:
 
 * m and v of leaves under ``_SPLIT_BELOW`` elements live in one 2-D buffer
   per bucket of up to ``_SPLIT`` leaves (same parameter dtype, moment dtype,
-  decay flag and trust-ratio flag), each leaf (each layer of a leaf with
+  decay flag and trust-ratio flag; at least ``_MIN_BUCKETS`` buckets per
+  such key where it has that many leaves), each leaf (each layer of a leaf with
   ``layer_axes``) padded with zeros to a whole number of rows, so the state
   is a handful of buffers whatever the number of small leaves;
 * the moments are one elementwise pass over each bucket, and the sums of
@@ -17,6 +18,10 @@ identical fusions are compiled once). Here, as apex's ``multi_tensor_apply``:
 * the per-leaf updates are cut out of the buffers by one variadic reduction
   per bucket and leaf shape, so that the per-leaf kernels that follow
   (``optax.apply_updates``) are identical and compile once;
+* the buckets run one after the other: each bucket's gathers wait for the
+  updates of the bucket before (:func:`_zero_after`), so XLA applies those
+  updates before it makes the next bucket's buffers, and the temporaries are
+  about 2x one bucket instead of 2x every packed leaf;
 * larger leaves are few whatever the model (memory bounds them), so each
   keeps its own arrays (sharded like the parameter) and runs the default
   path's :func:`fused.leaf_step`: packing them would only add copies.
@@ -49,6 +54,11 @@ _WIDTHS = tuple(2**i for i in range(12, 0, -1))
 # (XLA compiles those once), and a concatenation's compile time grows with the
 # square of its operand count.
 _SPLIT = 64
+# A key's small leaves fill at least this many buckets where they can (each
+# holds at most 1/_MIN_BUCKETS of their elements, or one leaf): one bucket's
+# work keeps about 2x its own size in temporaries (see _zero_after), so XLA
+# temporaries stay near 2/_MIN_BUCKETS of the packed parameters.
+_MIN_BUCKETS = 4
 _SPLIT_BELOW = 2**16  # leaves smaller than this are packed into buckets
 _CUT_BELOW = 2**16  # updates smaller than this are cut out by variadic reductions (see _split)
 
@@ -181,6 +191,21 @@ def _width(seg_lens: list[tuple[int, int]]) -> int:
   return 2
 
 
+def _chunks(items: list[int], sizes: list[int]) -> list[list[int]]:
+  """``items`` in order, cut into runs of at most ``_SPLIT`` items and about
+  ``sum(sizes) / _MIN_BUCKETS`` elements (a run holds at least one item)."""
+  cap = -(-sum(sizes) // _MIN_BUCKETS)
+  runs: list[list[int]] = []
+  total = 0
+  for item, size in zip(items, sizes, strict=True):
+    if not runs or len(runs[-1]) == _SPLIT or (runs[-1] and total + size > cap):
+      runs.append([])
+      total = 0
+    runs[-1].append(item)
+    total += size
+  return runs
+
+
 @functools.lru_cache(maxsize=64)
 def _layout(treedef, shapes, dtypes, decay, trust, axes, moment_dtype) -> Layout:
   keys: dict[tuple, int] = {}
@@ -199,8 +224,7 @@ def _layout(treedef, shapes, dtypes, decay, trust, axes, moment_dtype) -> Layout
         seg_len = int(np.prod(shapes[i][axes[i] :], dtype=np.int64))
         leaves[i] = _Leaf(len(buckets), shapes[i], axes[i], 0, 0, nseg, seg_len, 0)
         buckets.append(_Bucket(*key, 0, 0, nseg, True))
-    for start in range(0, len(small), _SPLIT):
-      members = small[start : start + _SPLIT]
+    for members in _chunks(small, [int(np.prod(shapes[i], dtype=np.int64)) for i in small]):
       b = len(buckets)
       segs = [
         (int(np.prod(shapes[i][: axes[i]], dtype=np.int64)), int(np.prod(shapes[i][axes[i] :])))
@@ -232,7 +256,11 @@ def _from_rows(buf: jax.Array, leaf: _Leaf) -> jax.Array:
   return x[:, : leaf.seg_len].reshape(leaf.shape)
 
 
-def _gather(xs: list[jax.Array], layout: Layout, b: int, dtype: Any) -> jax.Array:
+def _gather(xs: list[jax.Array], layout: Layout, b: int, dtype: Any, zero: Any = 0) -> jax.Array:
+  """Bucket b's leaves of ``xs`` as its ``(rows, width)`` buffer; ``zero`` is added to the first.
+
+  A ``zero`` computed from an earlier bucket makes this gather wait for it.
+  """
   bucket = layout.buckets[b]
   parts = [
     _to_rows(x, leaf, bucket.width, dtype)
@@ -241,6 +269,7 @@ def _gather(xs: list[jax.Array], layout: Layout, b: int, dtype: Any) -> jax.Arra
   ]
   if not parts:
     return jnp.zeros((0, bucket.width), dtype)
+  parts[0] = parts[0] + jnp.asarray(zero).astype(parts[0].dtype)
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
 
@@ -253,6 +282,25 @@ def _segment_sums(row_sums: jax.Array, layout: Layout, b: int) -> jax.Array:
   return jax.ops.segment_sum(
     row_sums, layout.seg_of_row(b), num_segments=bucket.segments, indices_are_sorted=True
   )
+
+
+def _zero_after(xs: list[jax.Array]) -> jax.Array:
+  """A float32 0 that XLA can only compute once every array of ``xs`` is: orders the buckets.
+
+  Each bucket's gathers add it, so a bucket starts after the one before has
+  made its updates. XLA then applies each bucket's updates before the next
+  bucket's buffers exist, instead of gathering every bucket first (which kept
+  2x the packed parameters alive). It sums one array per shape and dtype
+  (:func:`_split` makes all arrays of one shape and dtype in one reduction);
+  ``s * 0`` is not folded for floats (inf and NaN), and ``s`` is mapped to 0
+  where it is not finite, so the result is always +-0 and adding it changes
+  nothing.
+  """
+  firsts = {(x.shape, x.dtype): x for x in reversed(xs) if x.size}
+  s = functools.reduce(
+    jnp.add, [jnp.real(jnp.sum(x)).astype(jnp.float32) for x in firsts.values()], jnp.float32(0)
+  )
+  return jnp.where(jnp.isfinite(s), s, 0) * 0
 
 
 def _sums(operands: list[jax.Array], axis: int) -> list[jax.Array]:
@@ -375,6 +423,7 @@ def multi_tensor_lamb(
     weights = jax.tree.leaves(params)
     outs: list[Any] = [None] * len(grads)
     new_m, new_v, new_r = [], [], []
+    zero = jnp.zeros((), jnp.float32)
     for b, bucket in enumerate(layout.buckets):
       if bucket.solo:
         i = next(i for i, x in enumerate(layout.leaves) if x.bucket == b)
@@ -393,11 +442,11 @@ def multi_tensor_lamb(
       def direction(m, v, w, decay=bucket.decay, scalars=scalars):
         return fused.decayed_direction(m, v, w, *scalars, decay=decay)
 
-      g_flat = _gather(grads, layout, b, cdt)
+      g_flat = _gather(grads, layout, b, cdt, zero)
       m_flat, v_flat = transforms.adam_moments(
         g_flat, adam_s.mu[b], adam_s.nu[b], count, o.b1, o.b2
       )
-      w_flat = _gather(weights, layout, b, cdt) if bucket.trust or bucket.decay else None
+      w_flat = _gather(weights, layout, b, cdt, zero) if bucket.trust or bucket.decay else None
       if bucket.trust:
         squares = transforms.scaled_squares(w_flat, rdt) + transforms.scaled_squares(
           direction(m_flat, v_flat, w_flat), rdt
@@ -424,8 +473,10 @@ def multi_tensor_lamb(
         else jnp.zeros(leaf.shape, grads[i].dtype)
         for i, leaf in ((i, layout.leaves[i]) for i in members)
       ]
-      for i, out in zip(members, _split(cut), strict=True):
+      cut = _split(cut)
+      for i, out in zip(members, cut, strict=True):
         outs[i] = out
+      zero = _zero_after(cut)
       new_m.append(m_flat.astype(bucket.moment_dtype))
       new_v.append(v_flat.astype(bucket.moment_dtype))
       new_r.append(ratio)
