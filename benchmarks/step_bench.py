@@ -108,39 +108,53 @@ def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
     "lamb_optax.lamb(multi_tensor=True)": lambda: lamb_optax.lamb(
       1e-3, weight_decay=0.01, multi_tensor=True
     ),
+    "lamb_optax.lamb(multi_tensor='all')": lambda: lamb_optax.lamb(
+      1e-3, weight_decay=0.01, multi_tensor="all"
+    ),
     "optax.lamb": lambda: optax.lamb(1e-3, weight_decay=0.01, mask=lamb_optax.masks.mindspore),
     "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=0.01),
   }
 
 
-# Trials of multi_tensor's private constants: (optimizer it starts from, constants while it is
-# traced), run only when --optimizers names them. "packed" packs every leaf, large ones
-# too, into buckets of up to 256 (or 64) leaves; "sliced" returns each update as a slice of the
-# flat one instead of cutting it out with a reduction.
-_ALL = {"_SPLIT_BELOW": 2**62, "_CUT_BELOW": 2**62}
+# Trials: an optimizer traced with private constants of lamb_optax changed (restored
+# after), run only when --optimizers names them. They measure a design choice on a machine
+# before it is made; the README cites them.
+# - all[256], all[sliced]: multi_tensor="all" as first measured on an H200 (buckets of up
+#   to 256 leaves, no minimum bucket count; "sliced" returns every update as a slice of the
+#   flat one instead of cutting the small ones out with a reduction).
+# - lamb[...]: the default path without one of its XLA:CPU guards: the row split of large
+#   reductions (transforms._ROWS_FROM), each leaf's own scalars (fused._OWN_SCALARS), the
+#   barrier before pass 2 (fused._PASS2_BARRIER). Their cost on GPUs is not known yet.
+_OLD = {"multi_tensor._SPLIT": 256, "multi_tensor._MIN_BUCKETS": 1}
 TRIALS: dict[str, tuple[str, dict[str, int]]] = {
-  "mt[packed]": ("lamb_optax.lamb(multi_tensor=True)", {**_ALL, "_SPLIT": 256}),
-  "mt[packed-64]": ("lamb_optax.lamb(multi_tensor=True)", _ALL),
-  "mt[packed-sliced]": (
-    "lamb_optax.lamb(multi_tensor=True)",
-    {**_ALL, "_SPLIT": 256, "_CUT_BELOW": 0},
+  "all[256]": ("lamb_optax.lamb(multi_tensor='all')", {**_OLD, "multi_tensor._CUT_BELOW": 2**62}),
+  "all[sliced]": ("lamb_optax.lamb(multi_tensor='all')", {**_OLD, "multi_tensor._CUT_BELOW": 0}),
+  "lamb[no row split]": ("lamb_optax.lamb", {"transforms._ROWS_FROM": 2**62}),
+  "lamb[shared scalars]": ("lamb_optax.lamb", {"fused._OWN_SCALARS": False}),
+  "lamb[no pass-2 barrier]": ("lamb_optax.lamb", {"fused._PASS2_BARRIER": False}),
+  "lamb[no guards]": (
+    "lamb_optax.lamb",
+    {"transforms._ROWS_FROM": 2**62, "fused._OWN_SCALARS": False, "fused._PASS2_BARRIER": False},
   ),
 }
 
 
 @contextlib.contextmanager
 def _constants(values: dict[str, int]):
+  import importlib
+
   from lamb_optax._src import multi_tensor
 
-  old = {k: getattr(multi_tensor, k) for k in values}
+  mods = {k: importlib.import_module("lamb_optax._src." + k.split(".")[0]) for k in values}
+  old = {k: getattr(mods[k], k.split(".")[1]) for k in values}
   multi_tensor._layout.cache_clear()
   try:
     for k, v in values.items():
-      setattr(multi_tensor, k, v)
+      setattr(mods[k], k.split(".")[1], v)
     yield
   finally:
     for k, v in old.items():
-      setattr(multi_tensor, k, v)
+      setattr(mods[k], k.split(".")[1], v)
     multi_tensor._layout.cache_clear()
 
 

@@ -41,9 +41,10 @@ def _run(tx, params, steps=5, seed=1):
   return params, state, out
 
 
+@pytest.mark.parametrize("mode", [True, "all"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_multi_tensor_equals_per_leaf_path(name):
-  p_flat, _, flat = _run(lamb_optax.lamb(**CONFIGS[name], multi_tensor=True), _tree())
+def test_multi_tensor_equals_per_leaf_path(name, mode):
+  p_flat, _, flat = _run(lamb_optax.lamb(**CONFIGS[name], multi_tensor=mode), _tree())
   p_leaf, _, leaf = _run(lamb_optax.lamb(**CONFIGS[name]), _tree())
   for (u1, r1), (u2, r2) in zip(flat, leaf, strict=True):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), u1, u2)
@@ -51,7 +52,8 @@ def test_multi_tensor_equals_per_leaf_path(name):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p_flat, p_leaf)
 
 
-def test_multi_tensor_matches_numpy_reference():
+@pytest.mark.parametrize("mode", [True, "all"])
+def test_multi_tensor_matches_numpy_reference(mode):
   params = _tree(many=3)
   flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree.leaves_with_path(params)}
   stacked = {k: int("stack" in k) for k in flat}
@@ -72,7 +74,7 @@ def test_multi_tensor_matches_numpy_reference():
     min_trust_ratio=0.5,
     max_trust_ratio=4.0,
     layer_axes=lamb_optax.layer_axes_from_regex("^stack"),
-    multi_tensor=True,
+    multi_tensor=mode,
   )
   state = tx.init(params)
   rng = np.random.default_rng(3)
@@ -204,8 +206,10 @@ def test_multi_tensor_empty_leaf():
 def test_multi_tensor_errors():
   with pytest.raises(ValueError, match="multi_tensor.*fused=False"):
     lamb_optax.lamb(0.1, fused=False, multi_tensor=True)
-  with pytest.raises(TypeError, match="multi_tensor"):
+  with pytest.raises(TypeError, match="`multi_tensor` must be a bool or 'all', got str 'yes'"):
     lamb_optax.lamb(0.1, multi_tensor="yes")
+  with pytest.raises(ValueError, match="multi_tensor='all'.*fused=False"):
+    lamb_optax.lamb(0.1, fused=False, multi_tensor="all")
   tx = lamb_optax.lamb(0.1, multi_tensor=True)
   state = tx.init({"w": jnp.ones(4)})
   with pytest.raises(ValueError, match="call `init` on these parameters"):
@@ -234,6 +238,31 @@ def test_large_leaves_stay_per_leaf_and_match():
   shapes = sorted(m.shape for m in s_flat[1].mu)
   assert (256, 256) in shapes and (2, 256, 256) in shapes  # solo leaves, in their own shape
   assert len(shapes) == 4  # and two buckets for bias (decayed) and gamma (not)
+  assert lamb_optax.trust_ratios(s_flat)["stack"].shape == (2,)
+
+
+def test_all_packs_large_leaves_too_and_matches():
+  """multi_tensor="all" packs every leaf into (rows, width) buckets, large ones included."""
+  rng = np.random.default_rng(6)
+  params = {
+    "big": jnp.asarray(rng.normal(size=(256, 300)), jnp.float32),
+    "stack": jnp.asarray(rng.normal(size=(2, 256, 256)), jnp.float32),
+    "bias": jnp.asarray(rng.normal(size=(300,)), jnp.float32),
+    "LayerNorm": {"gamma": jnp.ones(256)},
+  }
+  options = dict(weight_decay=0.01, layer_axes={"big": 0, "stack": 1, "bias": 0, "LayerNorm": 0})
+  p_flat, s_flat, flat = _run(lamb_optax.lamb(0.01, multi_tensor="all", **options), params, 3)
+  p_leaf, _, leaf = _run(lamb_optax.lamb(0.01, **options), params, 3)
+  for (u1, r1), (u2, r2) in zip(flat, leaf, strict=True):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), u1, u2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), r1, r2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p_flat, p_leaf)
+  buffers = s_flat[1].mu
+  assert all(m.ndim == 2 for m in buffers)  # no leaf keeps its own shape
+  packed = sum(m.size for m in buffers)
+  assert (
+    2 * 256 * 256 + 256 * 300 + 300 + 256 <= packed <= 17 / 16 * (2 * 256 * 256 + 256 * 300 + 556)
+  )
   assert lamb_optax.trust_ratios(s_flat)["stack"].shape == (2,)
 
 

@@ -134,14 +134,15 @@ def test_sharded_state_checkpoints_with_orbax(tmp_path):
   assert all(jax.tree.leaves(same))
 
 
+@pytest.mark.parametrize("mode", [True, "all"])
 @pytest.mark.parametrize("kind", ["fsdp", "fsdp_tp"])
-def test_multi_tensor_under_sharded_params_is_correct_but_not_sharded(kind):
+def test_multi_tensor_under_sharded_params_is_correct_but_not_sharded(kind, mode):
   """multi_tensor=True is for one device or data parallelism: under FSDP it still computes
   the same update (XLA gathers the leaves into the flat buffers), but its state is not
   sharded like the params. The default keeps it sharded (test above)."""
   mesh, specs = _layout(kind)
   layer_axes = lamb_optax.layer_axes_from_regex("^blocks/")
-  tx = lamb_optax.lamb(0.05, groups=GROUPS, layer_axes=layer_axes, multi_tensor=True)
+  tx = lamb_optax.lamb(0.05, groups=GROUPS, layer_axes=layer_axes, multi_tensor=mode)
   host = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _tree())
   shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   sharded = jax.device_put(host, shardings)

@@ -34,6 +34,11 @@ import optax
 from lamb_optax._src import masks as masks_lib
 from lamb_optax._src import schedules, transforms
 
+# Two guards of leaf_step against XLA:CPU rewrites, as switches so that
+# benchmarks/step_bench.py can measure each one's cost elsewhere (its TRIALS):
+_OWN_SCALARS = True  # each leaf's norm reduction gets scalars of its own
+_PASS2_BARRIER = True  # pass 2 recomputes u instead of sharing pass 1's
+
 
 def check_step(updates: Any, params: Any) -> None:
   """What every ``lamb`` update checks first: params given, float updates shaped like them."""
@@ -97,15 +102,20 @@ def leaf_step(
     # The reduction gets scalars of its own (per leaf, and not constants): XLA
     # merges equal broadcasts, and a broadcast that XLA:CPU's library sum
     # (see quick_norms) shares with another kernel is stored as a full array.
-    count_a, _ = jax.lax.optimization_barrier((count, w))  # with w: one per leaf
-    zero = count_a.astype(jnp.float32) * 0  # x + zero is x, but XLA cannot fold it
-    scalars_a = [_unfolded(x, zero) for x in scalars]
+    if _OWN_SCALARS:
+      count_a, _ = jax.lax.optimization_barrier((count, w))  # with w: one per leaf
+      zero = count_a.astype(jnp.float32) * 0  # x + zero is x, but XLA cannot fold it
+      scalars_a = [_unfolded(x, zero) for x in scalars]
+    else:
+      scalars_a = list(scalars)
     w_norm, u_norm = transforms.quick_norms(
       [(lambda w: w, (w,), k), (direction, (m_new, v_new, w, *scalars_a), k)]
     )
     # Pass 2: the update. The barrier stops XLA from merging this u with pass
     # 1's into one stored array.
-    m_b, v_b, w_b = jax.lax.optimization_barrier((m_new, v_new, w))
+    m_b, v_b, w_b = (
+      jax.lax.optimization_barrier((m_new, v_new, w)) if _PASS2_BARRIER else (m_new, v_new, w)
+    )
     u, r = transforms.apply_trust_ratio(
       direction(m_b, v_b, w_b, *scalars), w_norm, u_norm, min_ratio, max_ratio
     )

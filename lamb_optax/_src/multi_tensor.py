@@ -207,7 +207,7 @@ def _chunks(items: list[int], sizes: list[int]) -> list[list[int]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(treedef, shapes, dtypes, decay, trust, axes, moment_dtype) -> Layout:
+def _layout(treedef, shapes, dtypes, decay, trust, axes, moment_dtype, pack_all) -> Layout:
   keys: dict[tuple, int] = {}
   owner = []
   for dt, d, t in zip(dtypes, decay, trust, strict=True):
@@ -216,7 +216,8 @@ def _layout(treedef, shapes, dtypes, decay, trust, axes, moment_dtype) -> Layout
   buckets, leaves = [], [None] * len(shapes)
   for key, k in keys.items():
     same_key = [i for i, o in enumerate(owner) if o == k]
-    small = [i for i in same_key if np.prod(shapes[i], dtype=np.int64) < _SPLIT_BELOW]
+    below = np.inf if pack_all else _SPLIT_BELOW
+    small = [i for i in same_key if np.prod(shapes[i], dtype=np.int64) < below]
     small_set = set(small)
     for i in same_key:
       if i not in small_set:  # a large leaf keeps its own shape (and sharding)
@@ -344,9 +345,13 @@ def _split(outs: list[jax.Array]) -> list[jax.Array]:
 
 
 def multi_tensor_lamb(
-  reference: optax.GradientTransformation, o: fused.Options
+  reference: optax.GradientTransformation, o: fused.Options, *, pack_all: bool = False
 ) -> optax.GradientTransformationExtraArgs:
-  """The chain ``reference`` computed on flat buffers (arguments already checked)."""
+  """The chain ``reference`` computed on flat buffers (arguments already checked).
+
+  ``pack_all`` packs every leaf (``lamb(multi_tensor="all")``), not only those
+  under ``_SPLIT_BELOW`` elements.
+  """
   decays_nothing = schedules.is_positive_constant(o.weight_decay) is False
 
   def layout_of(params: Any) -> Layout:
@@ -361,6 +366,7 @@ def multi_tensor_lamb(
       tuple(masks_lib.resolve(transforms._TR_MASK, o.trust_ratio_mask, params)),
       tuple(transforms.resolve_layer_axes(o.layer_axes, params)),
       None if o.moment_dtype is None else np.dtype(o.moment_dtype),
+      pack_all,
     )
 
   def init_fn(params):

@@ -426,9 +426,12 @@ _TR_MASK = "mask (lamb's trust_ratio_mask)"
 _SCALE = 2.0**64  # exact power of two: scaling by it never rounds
 
 
+_ROWS_FROM = 2**16  # reductions this large are split into rows (see _rows)
+
+
 def _rows(size: int) -> int:
   """Rows to split a flat reduction into, so XLA:CPU can run it on several cores."""
-  if size < 2**16:
+  if size < _ROWS_FROM:
     return 1
   rows = 256
   while size % rows:
