@@ -24,7 +24,10 @@ identical fusions are compiled once). Here, as apex's ``multi_tensor_apply``:
   about 2x one bucket instead of 2x every packed leaf;
 * larger leaves are few whatever the model (memory bounds them), so each
   keeps its own arrays (sharded like the parameter) and runs the default
-  path's :func:`fused.leaf_step`: packing them would only add copies.
+  path's :func:`fused.leaf_step`: on CPU packing them would only add copies.
+  ``lamb(multi_tensor="all")`` packs them too (``pack_all``), for GPUs, where
+  fewer and larger kernels and buffers are what counts; their updates are
+  returned as slices of the flat update (``_CUT_BELOW``).
 
 Padding is zero in g, w, m and v, so it adds nothing to any sum. The ratios
 are kept per bucket as vectors, with the layout as static pytree metadata so
