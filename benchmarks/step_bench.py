@@ -186,8 +186,9 @@ def bench_tree(name: str, steps: int, skip: set[str], only: set[str]) -> list[di
   param_bytes = 4 * n_params
   grads = _tree(shapes, 1)
   runs = {}
-  makers = {k: (f, {}) for k, f in optimizers().items()}
-  makers.update({k: (optimizers()[base], c) for k, (base, c) in TRIALS.items()})
+  opts = optimizers()
+  makers = {k: (f, {}) for k, f in opts.items()}
+  makers.update({k: (opts[base], c) for k, (base, c) in TRIALS.items()})
   for opt_name, (make, constants) in makers.items():
     if f"{name}:{opt_name}" in skip or (only and opt_name not in only):
       continue
