@@ -122,6 +122,8 @@ def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
 # - all[256], all[sliced]: multi_tensor="all" as first measured on an H200 (buckets of up
 #   to 256 leaves, no minimum bucket count; "sliced" returns every update as a slice of the
 #   flat one instead of cutting the small ones out with a reduction).
+# - mt[unordered]: multi_tensor=True as before its buckets were ordered (and before the
+#   at-least-4-buckets rule).
 # - lamb[...]: the default path without one of its XLA:CPU guards: the row split of large
 #   reductions (transforms._ROWS_FROM), each leaf's own scalars (fused._OWN_SCALARS), the
 #   barrier before pass 2 (fused._PASS2_BARRIER). Their cost on GPUs is not known yet.
@@ -129,6 +131,10 @@ _OLD = {"multi_tensor._SPLIT": 256, "multi_tensor._MIN_BUCKETS": 1}
 TRIALS: dict[str, tuple[str, dict[str, int]]] = {
   "all[256]": ("lamb_optax.lamb(multi_tensor='all')", {**_OLD, "multi_tensor._CUT_BELOW": 2**62}),
   "all[sliced]": ("lamb_optax.lamb(multi_tensor='all')", {**_OLD, "multi_tensor._CUT_BELOW": 0}),
+  "mt[unordered]": (
+    "lamb_optax.lamb(multi_tensor=True)",
+    {"multi_tensor._ORDERED": False, "multi_tensor._MIN_BUCKETS": 1},
+  ),
   "lamb[no row split]": ("lamb_optax.lamb", {"transforms._ROWS_FROM": 2**62}),
   "lamb[shared scalars]": ("lamb_optax.lamb", {"fused._OWN_SCALARS": False}),
   "lamb[no pass-2 barrier]": ("lamb_optax.lamb", {"fused._PASS2_BARRIER": False}),

@@ -62,6 +62,7 @@ _SPLIT = 64
 # work keeps about 2x its own size in temporaries (see _zero_after), so XLA
 # temporaries stay near 2/_MIN_BUCKETS of the packed parameters.
 _MIN_BUCKETS = 4
+_ORDERED = True  # buckets wait for each other (_zero_after); a switch for step_bench's TRIALS
 _SPLIT_BELOW = 2**16  # leaves smaller than this are packed into buckets
 _CUT_BELOW = 2**16  # updates smaller than this are cut out by variadic reductions (see _split)
 
@@ -485,7 +486,8 @@ def multi_tensor_lamb(
       cut = _split(cut)
       for i, out in zip(members, cut, strict=True):
         outs[i] = out
-      zero = _zero_after(cut)
+      if _ORDERED:
+        zero = _zero_after(cut)
       new_m.append(m_flat.astype(bucket.moment_dtype))
       new_v.append(v_flat.astype(bucket.moment_dtype))
       new_r.append(ratio)
