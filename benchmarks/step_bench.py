@@ -33,6 +33,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import resource
 import shlex
 import time
@@ -186,7 +187,9 @@ def triad_gbps(n: int = 64 * 2**20, reps: int = 20) -> float:
   return 3 * 4 * n / float(np.median(ts)) / 1e9
 
 
-def bench_tree(name: str, steps: int, skip: set[str], only: set[str]) -> list[dict]:
+def bench_tree(
+  name: str, steps: int, skip: set[str], only: set[str], hlo_dir: str = ""
+) -> list[dict]:
   shapes = TREES[name]()
   n_params = int(sum(np.prod(s) for s in shapes.values()))
   param_bytes = 4 * n_params
@@ -213,6 +216,10 @@ def bench_tree(name: str, steps: int, skip: set[str], only: set[str]) -> list[di
       compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
       compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
+    if hlo_dir:  # the optimised HLO, to read what XLA made of each step (fusions, command buffers)
+      path = pathlib.Path(hlo_dir) / f"{name}__{re.sub(r'[^A-Za-z0-9_.=-]+', '_', opt_name)}.txt"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(compiled.as_text())
     noop = jax.jit(lambda p, s, g: (p, s), donate_argnums=(0, 1)).lower(params, state, grads)
     runs[opt_name] = {
       "compiled": compiled,
@@ -306,13 +313,18 @@ def main() -> None:
   )
   ap.add_argument("--out", default="benchmarks/results")
   ap.add_argument("--tag", default=jax.default_backend())
+  ap.add_argument("--hlo-dir", default="", help="write each step's optimised HLO text here")
   args = ap.parse_args()
   skip = {s for s in args.skip.split(",") if s}
   triad = triad_gbps()
   print(f"triad: {triad:.1f} GB/s on {jax.devices()[0].device_kind}", flush=True)
   meta = {
     "command": "python benchmarks/step_bench.py "
-    + " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in vars(args).items() if k != "out" and v),
+    + " ".join(
+      f"--{k.replace('_', '-')} {shlex.quote(str(v))}"
+      for k, v in vars(args).items()
+      if k != "out" and v
+    ),
     "machine": f"{platform.platform()}, {os.cpu_count()} cores, {jax.devices()[0].device_kind}",
     "jax": jax.__version__,
     "optax": optax.__version__,
@@ -322,7 +334,8 @@ def main() -> None:
   out.mkdir(parents=True, exist_ok=True)
   rows = []
   for name in args.trees.split(","):  # the files are rewritten after each tree
-    rows += bench_tree(name, args.steps, skip, {o for o in args.optimizers.split(",") if o})
+    only = {o for o in args.optimizers.split(",") if o}
+    rows += bench_tree(name, args.steps, skip, only, args.hlo_dir)
     print(table([r for r in rows if r["tree"] == name], triad), flush=True)
     (out / f"step_bench_{args.tag}.json").write_text(
       json.dumps({"meta": meta, "rows": rows}, indent=1)
