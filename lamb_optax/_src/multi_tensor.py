@@ -218,10 +218,11 @@ def _layout(treedef, shapes, dtypes, decay, trust, axes, moment_dtype, pack_all)
     key = (dt, transforms.default_moment_dtype(dt, moment_dtype), d, t)
     owner.append(keys.setdefault(key, len(keys)))
   buckets, leaves = [], [None] * len(shapes)
+  sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+  below = np.inf if pack_all else _SPLIT_BELOW
   for key, k in keys.items():
     same_key = [i for i, o in enumerate(owner) if o == k]
-    below = np.inf if pack_all else _SPLIT_BELOW
-    small = [i for i in same_key if np.prod(shapes[i], dtype=np.int64) < below]
+    small = [i for i in same_key if sizes[i] < below]
     small_set = set(small)
     for i in same_key:
       if i not in small_set:  # a large leaf keeps its own shape (and sharding)
@@ -229,7 +230,7 @@ def _layout(treedef, shapes, dtypes, decay, trust, axes, moment_dtype, pack_all)
         seg_len = int(np.prod(shapes[i][axes[i] :], dtype=np.int64))
         leaves[i] = _Leaf(len(buckets), shapes[i], axes[i], 0, 0, nseg, seg_len, 0)
         buckets.append(_Bucket(*key, 0, 0, nseg, True))
-    for members in _chunks(small, [int(np.prod(shapes[i], dtype=np.int64)) for i in small]):
+    for members in _chunks(small, [sizes[i] for i in small]):
       b = len(buckets)
       segs = [
         (int(np.prod(shapes[i][: axes[i]], dtype=np.int64)), int(np.prod(shapes[i][axes[i] :])))
