@@ -27,7 +27,7 @@ the optimised HLO's entry computation.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -106,63 +106,52 @@ def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
   return {
     "lamb_optax.lamb": lambda: lamb_optax.lamb(1e-3, weight_decay=0.01),
     "lamb_optax.lamb(fused=False)": lambda: lamb_optax.lamb(1e-3, weight_decay=0.01, fused=False),
-    "lamb_optax.lamb(multi_tensor=True)": lambda: lamb_optax.lamb(
-      1e-3, weight_decay=0.01, multi_tensor=True
+    "lamb_optax.lamb(layout='per_leaf')": lambda: lamb_optax.lamb(
+      1e-3, weight_decay=0.01, layout="per_leaf"
     ),
-    "lamb_optax.lamb(multi_tensor='all')": lambda: lamb_optax.lamb(
-      1e-3, weight_decay=0.01, multi_tensor="all"
+    "lamb_optax.lamb(layout='packed')": lambda: lamb_optax.lamb(
+      1e-3, weight_decay=0.01, layout="packed"
     ),
     "optax.lamb": lambda: optax.lamb(1e-3, weight_decay=0.01, mask=lamb_optax.masks.mindspore),
     "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=0.01),
   }
 
 
-# Trials: an optimizer traced with private constants of lamb_optax changed (restored
-# after), run only when --optimizers names them. They measure a design choice on a machine
-# before it is made; the README cites them.
-# - all[256], all[sliced]: multi_tensor="all" as first measured on an H200 (buckets of up
-#   to 256 leaves, no minimum bucket count; "sliced" returns every update as a slice of the
-#   flat one instead of cutting the small ones out with a reduction).
-# - mt[unordered]: multi_tensor=True as before its buckets were ordered (and before the
-#   at-least-4-buckets rule).
-# - lamb[...]: the default path without one of its XLA:CPU guards: the row split of large
-#   reductions (transforms._ROWS_FROM), each leaf's own scalars (fused._OWN_SCALARS), the
-#   barrier before pass 2 (fused._PASS2_BARRIER). Their cost on GPUs is not known yet.
-_OLD = {"multi_tensor._SPLIT": 256, "multi_tensor._MIN_BUCKETS": 1}
-TRIALS: dict[str, tuple[str, dict[str, int]]] = {
-  "all[256]": ("lamb_optax.lamb(multi_tensor='all')", {**_OLD, "multi_tensor._CUT_BELOW": 2**62}),
-  "all[sliced]": ("lamb_optax.lamb(multi_tensor='all')", {**_OLD, "multi_tensor._CUT_BELOW": 0}),
-  "mt[unordered]": (
-    "lamb_optax.lamb(multi_tensor=True)",
-    {"multi_tensor._ORDERED": False, "multi_tensor._MIN_BUCKETS": 1},
+def _trial(layout: str = "auto", **changes) -> Callable[[], optax.GradientTransformation]:
+  """lamb_optax with the policy of this machine's platform, some fields changed."""
+
+  def make():
+    policy = dataclasses.replace(lamb_optax.Policy.for_platform(jax.default_backend()), **changes)
+    return lamb_optax.lamb(1e-3, weight_decay=0.01, layout=layout, policy=policy)
+
+  return make
+
+
+# Trials: lamb_optax with a changed platform policy, passed as `policy=` (nothing is patched),
+# run only when --optimizers names them. They measure a choice of the policy on a machine before
+# it is made; the README cites them. On CPU they switch off one guard of the CPU policy each; on
+# a GPU the base is the accelerator policy, so they switch the CPU guards on there.
+TRIALS: dict[str, Callable[[], optax.GradientTransformation]] = {
+  "lamb[other platform's policy]": lambda: lamb_optax.lamb(
+    1e-3,
+    weight_decay=0.01,
+    policy=lamb_optax.Policy.for_platform("gpu" if jax.default_backend() == "cpu" else "cpu"),
   ),
-  "lamb[no row split]": ("lamb_optax.lamb", {"transforms._ROWS_FROM": 2**62}),
-  "lamb[shared scalars]": ("lamb_optax.lamb", {"fused._OWN_SCALARS": False}),
-  "lamb[no pass-2 barrier]": ("lamb_optax.lamb", {"fused._PASS2_BARRIER": False}),
-  "lamb[no guards]": (
-    "lamb_optax.lamb",
-    {"transforms._ROWS_FROM": 2**62, "fused._OWN_SCALARS": False, "fused._PASS2_BARRIER": False},
-  ),
+  "lamb[quick sums toggled]": lambda: _trial(
+    quick_sums_from=None
+    if lamb_optax.Policy.for_platform(jax.default_backend()).quick_sums_from
+    else 2**16
+  )(),
+  "lamb[row split toggled]": lambda: _trial(
+    row_split=not lamb_optax.Policy.for_platform(jax.default_backend()).row_split
+  )(),
+  "lamb[own scalars toggled]": lambda: _trial(
+    own_scalars=not lamb_optax.Policy.for_platform(jax.default_backend()).own_scalars
+  )(),
+  "lamb[no pass-2 barrier]": _trial(pass2_barrier=False),
+  "packed[unordered]": _trial("packed", ordered_buckets=False),
+  "packed[sliced]": _trial("packed", cut_below=0),
 }
-
-
-@contextlib.contextmanager
-def _constants(values: dict[str, int]):
-  import importlib
-
-  from lamb_optax._src import multi_tensor
-
-  mods = {k: importlib.import_module("lamb_optax._src." + k.split(".")[0]) for k in values}
-  old = {k: getattr(mods[k], k.split(".")[1]) for k in values}
-  multi_tensor._layout.cache_clear()
-  try:
-    for k, v in values.items():
-      setattr(mods[k], k.split(".")[1], v)
-    yield
-  finally:
-    for k, v in old.items():
-      setattr(mods[k], k.split(".")[1], v)
-    multi_tensor._layout.cache_clear()
 
 
 def _tree(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, jax.Array]:
@@ -195,13 +184,11 @@ def bench_tree(
   param_bytes = 4 * n_params
   grads = _tree(shapes, 1)
   runs = {}
-  opts = optimizers()
-  makers = {k: (f, {}) for k, f in opts.items()}
-  makers.update({k: (opts[base], c) for k, (base, c) in TRIALS.items()})
-  for opt_name, (make, constants) in makers.items():
+  makers = {**optimizers(), **TRIALS}
+  for opt_name, make in makers.items():
     if f"{name}:{opt_name}" in skip or (only and opt_name not in only):
       continue
-    if constants and opt_name not in only:
+    if opt_name in TRIALS and opt_name not in only:
       continue  # trials run only when --optimizers names them
     tx = make()
 
@@ -210,11 +197,10 @@ def bench_tree(
       return optax.apply_updates(p, u), s
 
     params = _tree(shapes, 0)
-    with _constants(constants):
-      state = jax.jit(tx.init)(params)
-      t0 = time.perf_counter()
-      compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
-      compile_s = time.perf_counter() - t0
+    state = jax.jit(tx.init)(params)
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     if hlo_dir:  # the optimised HLO, to read what XLA made of each step (fusions, command buffers)
       path = pathlib.Path(hlo_dir) / f"{name}__{re.sub(r'[^A-Za-z0-9_.=-]+', '_', opt_name)}.txt"

@@ -1,4 +1,4 @@
-"""The XLA:CPU facts behind ``multi_tensor`` and the fused step, measured.
+"""The XLA:CPU facts behind the packed layout and the CPU policy, measured.
 
 1. Compile time follows the number of *distinct* fused kernels: n leaves of
    ``w - 1.0`` (identical kernels) against n leaves of ``w - float(i)`` (each
@@ -11,9 +11,11 @@
    as scalar code, so it takes longer than reading its three inputs, and u's
    division and square root dominate. A single-output ``jnp.sum`` of the same
    expression becomes a vectorized library fusion ("ynn_fusion" in the
-   optimized HLO), which is what ``transforms.quick_norms`` uses.
+   optimized HLO), which is what the CPU policy's quick sums use
+   (``lamb_optax.Policy.quick_sums_from``).
 4. What that gains in a whole ``lamb`` step, and what its per-leaf ``cond``
-   costs in compile time, on 16M params in leaves of 2**16 and 2**18.
+   costs in compile time, on 16M params in leaves of 2**16 and 2**18 (the CPU
+   policy against the same policy without quick sums, passed as ``policy=``).
 
     python benchmarks/xla_cpu_notes.py --leaves 1000 --out benchmarks/results
 """
@@ -84,8 +86,10 @@ def moments(n: int = 16 * 2**20, reps: int = 15) -> dict[str, float]:
 
 
 def norm_pass(n: int = 16 * 2**20, reps: int = 15) -> dict[str, float]:
-  from lamb_optax._src import transforms
+  import lamb_optax
+  from lamb_optax._src import engine, kernels
 
+  cpu = lamb_optax.Policy.for_platform("cpu")
   key = jax.random.key(0)
   w, m = jax.random.normal(key, (n,)), jax.random.normal(jax.random.fold_in(key, 1), (n,))
   v = jnp.abs(jax.random.normal(jax.random.fold_in(key, 2), (n,)))
@@ -94,7 +98,7 @@ def norm_pass(n: int = 16 * 2**20, reps: int = 15) -> dict[str, float]:
     return (m / 0.1) / (jnp.sqrt(v / 0.001) + 1e-6) + 0.01 * w
 
   def safe(w, m, v):
-    return transforms.safe_norms([(lambda w: w, (w,), 0), (u_of, (m, v, w), 0)])
+    return kernels.safe_norms([w, u_of(m, v, w)], 0, cpu.rows(n))
 
   def plain(w, m, v):
     ops = [(w * w).reshape(256, -1), (u_of(m, v, w) ** 2).reshape(256, -1)]
@@ -109,15 +113,15 @@ def norm_pass(n: int = 16 * 2**20, reps: int = 15) -> dict[str, float]:
   def library_sums(w, m, v):  # two single-output sums: two library fusions on CPU
     return jnp.sum(w * w), jnp.sum(u_of(m, v, w) ** 2)
 
-  def quick(w, m, v):  # what the fused step runs on CPU for a leaf this large
-    return transforms.quick_norms([(lambda w: w, (w,), 0), (u_of, (m, v, w), 0)])
+  def quick(w, m, v):  # what the CPU policy runs for a leaf this large
+    return engine._norms(cpu, [(lambda w: w, (w,)), (u_of, (m, v, w))], (n,), 0)
 
   fs = {
     "overflow-safe norms of w and u (6 sums)": safe,
     "plain norms of w and u (2 sums)": plain,
     "sum of w + m + v (reads the same 3 words)": read_only,
     "two single-output jnp.sum (plain)": library_sums,
-    "transforms.quick_norms (plain sums, safe on overflow)": quick,
+    "CPU policy's quick sums (plain sums, safe on overflow)": quick,
   }
   out = {}
   for k, f in fs.items():
@@ -133,31 +137,33 @@ def norm_pass(n: int = 16 * 2**20, reps: int = 15) -> dict[str, float]:
 
 
 def quick_vs_safe(sizes=(2**16, 2**18), reps: int = 12) -> dict[str, dict[str, float]]:
-  """The default step on 16M params in leaves of each size: CPU sums (``quick_norms``) on/off."""
+  """The default step on 16M params in leaves of each size: the CPU policy's quick sums on/off."""
+  import dataclasses
+
   import optax
 
   import lamb_optax
-  from lamb_optax._src import transforms
 
+  cpu = lamb_optax.Policy.for_platform("cpu")
   out = {}
   for size in sizes:
     params = {f"w{i}": jnp.full((size,), 0.5) for i in range(2**24 // size)}
     grads = jax.tree.map(lambda x: x * 0.1, params)
-    runs, default = {}, transforms._QUICK_FROM
-    for name, start in (("quick_norms", default), ("safe_norms only", 2**62)):
-      transforms._QUICK_FROM = start  # read when the step is traced
-      try:
-        tx = lamb_optax.lamb(1e-3, weight_decay=0.01)
+    runs = {}
+    policies = (
+      ("quick sums", cpu),
+      ("safe sums only", dataclasses.replace(cpu, quick_sums_from=None)),
+    )
+    for name, policy in policies:
+      tx = lamb_optax.lamb(1e-3, weight_decay=0.01, policy=policy)
 
-        def step(p, s, g, tx=tx):
-          u, s = tx.update(g, s, p)
-          return optax.apply_updates(p, u), s
+      def step(p, s, g, tx=tx):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
 
-        t0 = time.perf_counter()
-        f = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), grads).compile()
-        seconds = time.perf_counter() - t0
-      finally:
-        transforms._QUICK_FROM = default
+      t0 = time.perf_counter()
+      f = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), grads).compile()
+      seconds = time.perf_counter() - t0
       runs[name] = [f, jax.tree.map(jnp.copy, params), tx.init(params), seconds, []]
     for _ in range(reps):
       for r in runs.values():

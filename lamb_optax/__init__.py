@@ -4,7 +4,11 @@ from lamb_optax import masks as masks
 from lamb_optax import mindspore_compat as mindspore_compat
 from lamb_optax._src.alias import lamb as lamb
 from lamb_optax._src.diagnostics import trust_ratios as trust_ratios
+from lamb_optax._src.engine import LambState as LambState
 from lamb_optax._src.inject import inject_hyperparams as inject_hyperparams
+from lamb_optax._src.layout import Moments as Moments
+from lamb_optax._src.layout import TrustRatios as TrustRatios
+from lamb_optax._src.policy import Policy as Policy
 from lamb_optax._src.precision import MasterWeightsState as MasterWeightsState
 from lamb_optax._src.precision import with_master_weights as with_master_weights
 from lamb_optax._src.sharding import layer_axes_from_partitioning as layer_axes_from_partitioning
@@ -24,10 +28,14 @@ __version__ = "0.1.0"
 
 __all__ = [
   "AddDecayedWeightsState",
+  "LambState",
   "MasterWeightsState",
+  "Moments",
+  "Policy",
   "ScaleByAdamState",
   "ScaleByLearningRateState",
   "ScaleByTrustRatioState",
+  "TrustRatios",
   "add_decayed_weights",
   "centralize_gradients",
   "inject_hyperparams",

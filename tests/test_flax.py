@@ -27,7 +27,8 @@ GROUPS = [
 OPTION_IDS = {
   "plain": {},
   "groups": {"groups": GROUPS},
-  "multi_tensor": {"groups": GROUPS, "multi_tensor": True},
+  "packed": {"groups": GROUPS, "layout": "packed"},
+  "chain": {"groups": GROUPS, "fused": False},
 }
 OPTIONS = list(OPTION_IDS.values())
 
@@ -128,11 +129,12 @@ def test_orbax_round_trip_of_optimizer_state(tmp_path, options):
   jax.tree.map(np.testing.assert_array_equal, restored["opt_state"], opt_state)
 
 
-def test_flax_msgpack_round_trip_of_multi_tensor_state():
-  """flax.serialization (to_bytes/from_bytes) knows the multi_tensor ratios node."""
+@pytest.mark.parametrize("layout", ["per_leaf", "packed"])
+def test_flax_msgpack_round_trip_of_the_state(layout):
+  """flax.serialization (to_bytes/from_bytes) knows the state's Moments and TrustRatios nodes."""
   x, _ = _data()
   params = LinenCNN().init(jax.random.key(0), x)["params"]
-  tx = lamb_optax.lamb(0.05, groups=GROUPS, multi_tensor=True)
+  tx = lamb_optax.lamb(0.05, groups=GROUPS, layout=layout)
   opt_state = tx.init(params)
   _, opt_state = tx.update(jax.tree.map(jnp.ones_like, params), opt_state, params)
   restored = serialization.from_bytes(tx.init(params), serialization.to_bytes(opt_state))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _engines import EVERY
 from _reference import NumpyLamb
 
 import lamb_optax
@@ -65,11 +66,13 @@ def _reference():
   )
 
 
-@pytest.mark.parametrize("build", ["lamb", "mindspore_compat"])
+@pytest.mark.parametrize(
+  "build", [*(f"lamb-{k}" for k in EVERY), "mindspore_compat"], ids=[*EVERY, "mindspore_compat"]
+)
 def test_seed_group_example_matches_numpy(build):
   params = _cnn_params()
-  if build == "lamb":
-    tx = lamb_optax.lamb(0.1, weight_decay=0.0, groups=_seed_groups())
+  if build.startswith("lamb-"):
+    tx = lamb_optax.lamb(0.1, weight_decay=0.0, groups=_seed_groups(), **EVERY[build[5:]])
   else:
     tx = Lamb(_seed_groups(), learning_rate=0.1, weight_decay=0.0)
   ref = _reference()
@@ -81,7 +84,7 @@ def test_seed_group_example_matches_numpy(build):
     return optax.apply_updates(params, updates), state
 
   rng = np.random.default_rng(1)
-  for t in range(12):
+  for t in range(20):
     grads = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
     params, state = step(params, state, grads)
     expected = ref.update(_flat(grads))
@@ -119,24 +122,36 @@ def test_group_forms_regex_callable_and_lists():
     jax.tree.map(np.testing.assert_array_equal, outs[0], other)
 
 
-def test_group_weight_decay_schedule_and_lr_list():
-  params = {"a": jnp.asarray(np.linspace(-1, 1, 6).reshape(2, 3), jnp.float32)}
+@pytest.mark.parametrize("engine", list(EVERY.values()), ids=list(EVERY))
+def test_group_weight_decay_schedule_and_lr_list(engine):
+  """Two groups in one packed bucket: per-segment learning rates and weight decays."""
+  params = {
+    "a": jnp.asarray(np.linspace(-1, 1, 6).reshape(2, 3), jnp.float32),
+    "b": jnp.asarray(np.linspace(2, -1, 4), jnp.float32),
+  }
   tx = lamb_optax.lamb(
-    0.1, groups=[{"params": "a", "lr": [0.1, 0.05], "weight_decay": lambda c: 0.5 / (c + 1)}]
+    0.1,
+    groups=[
+      {"params": "a", "lr": [0.1, 0.05], "weight_decay": lambda c: 0.5 / (c + 1)},
+      {"params": "b", "weight_decay": 0.2},
+    ],
+    **engine,
   )
   ref = NumpyLamb(
     _flat(params),
-    lr={"a": lambda s: [0.1, 0.05][min(s, 1)]},
-    wd={"a": lambda s: 0.5 / (s + 1)},
-    decay={"a": True},
+    lr={"a": lambda s: [0.1, 0.05][min(s, 1)], "b": lambda s: 0.1},
+    wd={"a": lambda s: 0.5 / (s + 1), "b": lambda s: 0.2},
+    decay={"a": True, "b": True},
   )
   state = tx.init(params)
   rng = np.random.default_rng(0)
-  for _ in range(5):
-    g = {"a": jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)}
+  for _ in range(20):
+    g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
     u, state = jax.jit(tx.update)(g, state, params)
     params = optax.apply_updates(params, u)
-    np.testing.assert_allclose(params["a"], ref.update(_flat(g))["a"], rtol=2e-5)
+    expected = ref.update(_flat(g))
+    for k in params:
+      np.testing.assert_allclose(params[k], expected[k], rtol=2e-5, atol=1e-7)
 
 
 def test_group_decay_applies_to_gamma_beta_inside_a_decayed_group():
@@ -254,12 +269,14 @@ def test_empty_groups():
     lamb_optax.lamb(0.1, groups=[{"order_params": []}])
 
 
-def test_grouped_state_is_a_pytree_of_arrays():
+def test_grouped_state_is_a_pytree_of_arrays_with_one_count():
+  """Groups are settings of one engine: one step count, m and v, one ratio per leaf."""
   tx = lamb_optax.lamb(0.1, groups=_seed_groups())
   state = tx.init(_cnn_params())
   leaves = jax.tree.leaves(state)
   assert leaves and all(isinstance(x, jax.Array) for x in leaves)
   assert math.isclose(
     sum(x.size for x in leaves),
-    2 * sum(x.size for x in jax.tree.leaves(_cnn_params())) + 3 * 2 + len(_flat(_cnn_params())),
+    2 * sum(x.size for x in jax.tree.leaves(_cnn_params())) + 1 + len(_flat(_cnn_params())),
   )
+  assert int(optax.tree_utils.tree_get(state, "count")) == 0

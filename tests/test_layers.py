@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _engines import EVERY
 from _reference import NumpyLamb
 
 import lamb_optax
@@ -64,8 +65,9 @@ def _loss(apply, params, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(apply({"params": params}, x), y).mean()
 
 
+@pytest.mark.parametrize("engine", list(EVERY.values()), ids=list(EVERY))
 @pytest.mark.parametrize("how", ["regex", "partitioning"])
-def test_scanned_model_with_layer_axes_matches_unrolled_model(how):
+def test_scanned_model_with_layer_axes_matches_unrolled_model(how, engine):
   x, y = _data()
   boxed = Scanned().init(jax.random.key(0), x)["params"]
   scanned = nn.unbox(boxed)
@@ -78,8 +80,8 @@ def test_scanned_model_with_layer_axes_matches_unrolled_model(how):
     assert from_meta["blocks"]["dense"]["bias"] == 0
     from_meta["blocks"]["dense"]["bias"] = 1
     layer_axes = from_meta
-  tx_s = lamb_optax.lamb(0.05, weight_decay=0.01, mask=None, layer_axes=layer_axes)
-  tx_u = lamb_optax.lamb(0.05, weight_decay=0.01, mask=None)
+  tx_s = lamb_optax.lamb(0.05, weight_decay=0.01, mask=None, layer_axes=layer_axes, **engine)
+  tx_u = lamb_optax.lamb(0.05, weight_decay=0.01, mask=None, **engine)
   s_s, s_u = tx_s.init(scanned), tx_u.init(unrolled)
 
   def step(tx, apply):
@@ -119,11 +121,13 @@ def test_without_layer_axes_a_stacked_leaf_gets_one_ratio():
   assert lamb_optax.trust_ratios(state)["blocks"]["dense"]["kernel"].shape == ()
 
 
-def test_trust_ratios_match_numpy_per_layer():
+@pytest.mark.parametrize("engine", list(EVERY.values()), ids=list(EVERY))
+def test_trust_ratios_match_numpy_per_layer(engine):
   rng = np.random.default_rng(3)
   params = {"stack": rng.normal(size=(4, 5, 3)), "w": rng.normal(size=(5,))}
   params["stack"][2] = 0.0  # a zero layer gets ratio 1
-  tx = lamb_optax.lamb(0.1, weight_decay=0.05, mask=None, layer_axes={"stack": 1, "w": 0})
+  layer_axes = {"stack": 1, "w": 0}
+  tx = lamb_optax.lamb(0.1, weight_decay=0.05, mask=None, layer_axes=layer_axes, **engine)
   ref = NumpyLamb(
     params,
     lr=dict.fromkeys(params, lambda s: 0.1),
@@ -133,7 +137,7 @@ def test_trust_ratios_match_numpy_per_layer():
   )
   p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
   state = tx.init(p)
-  for t in range(5):
+  for t in range(20):
     g = {k: rng.normal(size=v.shape) for k, v in params.items()}
     u, state = jax.jit(tx.update)(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), g), state, p)
     p = optax.apply_updates(p, u)

@@ -8,8 +8,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from _engines import EVERY, GPU_POLICY, LAYOUTS
 
 import lamb_optax
+
+every = pytest.mark.parametrize("engine", list(EVERY.values()), ids=list(EVERY))
 
 
 def _problem(dtype=jnp.float32, seed=0):
@@ -31,11 +34,12 @@ def _grads(params, t):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_params_get_float32_moments_and_finite_updates(dtype):
+@every
+def test_low_precision_params_get_float32_moments_and_finite_updates(dtype, engine):
   params = _problem(dtype)
-  tx = lamb_optax.lamb(1e-2, weight_decay=0.01)
+  tx = lamb_optax.lamb(1e-2, weight_decay=0.01, **engine)
   state = tx.init(params)
-  adam_state = state[1]
+  adam_state = state if isinstance(state, lamb_optax.LambState) else state[1]
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((adam_state.mu, adam_state.nu)))
   step = jax.jit(tx.update)
   for t in range(10):
@@ -108,14 +112,15 @@ def test_apply_if_finite_skips_bad_steps_bit_identically(bad):
 
 @pytest.mark.parametrize("scale", [0.0, 1e-30, 1e-20, 1.0, 1e10, 1e18])
 @pytest.mark.parametrize("what", ["params", "grads", "both"])
-def test_finite_extreme_values_give_finite_updates(scale, what):
+@pytest.mark.parametrize("engine", list(LAYOUTS.values()), ids=list(LAYOUTS))
+def test_finite_extreme_values_give_finite_updates(scale, what, engine):
   params = _problem()
   grads = _grads(params, 0)
   if what in ("params", "both"):
     params = jax.tree.map(lambda x: x * scale + (scale if scale else 0.0), params)
   if what in ("grads", "both"):
     grads = jax.tree.map(lambda x: x * scale, grads)
-  tx = lamb_optax.lamb(1e-3, weight_decay=0.01)
+  tx = lamb_optax.lamb(1e-3, weight_decay=0.01, **engine)
   state = tx.init(params)
   for _ in range(3):
     u, state = jax.jit(tx.update)(grads, state, params)
@@ -124,41 +129,48 @@ def test_finite_extreme_values_give_finite_updates(scale, what):
       assert np.all(np.isfinite(np.asarray(leaf, np.float64))), leaf
 
 
-# 2**17 elements: on CPU the fused step sums plainly first and must notice the
-# overflow or underflow (quick_norms' fallback); 1000 and 16 take safe_norms.
-@pytest.mark.parametrize("fused", [True, False])
+# 2**17 elements: the CPU policy sums plainly first and must notice the overflow or
+# underflow (the fallback to the safe sums); 1000 and 16 take the safe sums directly.
+def _seq_rtol(engine, n, rtol):
+  """The GPU policy sums a large leaf in one sequential run on XLA:CPU (GPUs sum in a tree)."""
+  return 1e-3 if engine.get("policy") is GPU_POLICY and n >= 2**16 else rtol
+
+
+@every
 @pytest.mark.parametrize("n", [1000, 2**17])
-def test_huge_params_keep_the_lamb_invariant(n, fused):
+def test_huge_params_keep_the_lamb_invariant(n, engine):
   """||w|| ~ 1e19 overflows a float32 sum of squares; the ratio is still right."""
   w = {"w": jnp.full((n,), 1e18, jnp.float32)}
   g = {"w": jnp.ones(n, jnp.float32)}
-  tx = lamb_optax.lamb(1e-3, mask=None, fused=fused)
+  tx = lamb_optax.lamb(1e-3, mask=None, **engine)
   u, _ = jax.jit(tx.update)(g, tx.init(w), w)
   expected = 1e-3 * 1e18 * np.sqrt(n)
-  np.testing.assert_allclose(np.linalg.norm(np.asarray(u["w"], np.float64)), expected, rtol=1e-5)
+  norm = np.linalg.norm(np.asarray(u["w"], np.float64))
+  np.testing.assert_allclose(norm, expected, rtol=_seq_rtol(engine, n, 1e-5))
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@every
 @pytest.mark.parametrize("n", [16, 2**17])
-def test_tiny_updates_get_their_true_ratio(n, fused):
-  """Elements around 1e-24 vanish in a float32 sum of squares; safe_norm keeps them."""
+def test_tiny_updates_get_their_true_ratio(n, engine):
+  """Elements around 1e-24 vanish in a float32 sum of squares; the safe sums keep them."""
   w = {"w": jnp.full((n,), 1.0, jnp.float32)}
   g = {"w": jnp.full((n,), 1e-30, jnp.float32)}  # u = m_hat / eps ~ 1e-24
-  tx = lamb_optax.lamb(1e-3, mask=None, fused=fused)
+  tx = lamb_optax.lamb(1e-3, mask=None, **engine)
   u, state = jax.jit(tx.update)(g, tx.init(w), w)
   expected = 1e-3 * np.sqrt(n)
-  np.testing.assert_allclose(np.linalg.norm(np.asarray(u["w"], np.float64)), expected, rtol=1e-4)
+  norm = np.linalg.norm(np.asarray(u["w"], np.float64))
+  np.testing.assert_allclose(norm, expected, rtol=_seq_rtol(engine, n, 1e-4))
   assert float(lamb_optax.trust_ratios(state)["w"]) > 1e20
 
 
-@pytest.mark.parametrize("kw", [{}, {"fused": False}, {"multi_tensor": True}])
+@every
 @pytest.mark.parametrize("shape", [(), (1,), (1, 1)])
-def test_one_element_leaf_with_tiny_values(shape, kw):
+def test_one_element_leaf_with_tiny_values(shape, engine):
   """Jitted, XLA turned a one-element (w * 2**64)**2 into w**2 * 2**128 = inf."""
   w0, g0, eps = 5.16e-10, -1.32e-11, 1e-4
   w = {"w": jnp.full(shape, w0, jnp.float32)}
   g = {"w": jnp.full(shape, g0, jnp.float32)}
-  tx = lamb_optax.lamb(1e-3, eps=eps, weight_decay=0.0, **kw)
+  tx = lamb_optax.lamb(1e-3, eps=eps, weight_decay=0.0, **engine)
   u, state = jax.jit(tx.update)(g, tx.init(w), w)
   # Step 1: m_hat = g, v_hat = g**2, so u = g / (|g| + eps).
   u0 = np.float64(g0) / (abs(g0) + eps)
@@ -170,25 +182,29 @@ def test_one_element_leaf_with_tiny_values(shape, kw):
 # --- checkpoint and resume ----------------------------------------------------
 
 
-def _optimizers():
+def _optimizers(**engine):
   return {
-    "plain": lambda: lamb_optax.lamb(1e-2, weight_decay=0.01),
+    "plain": lambda: lamb_optax.lamb(1e-2, weight_decay=0.01, **engine),
     "grouped": lambda: lamb_optax.lamb(
       [0.02, 0.01],
       groups=[
         {"params": "conv", "weight_decay": 0.01, "grad_centralization": True},
         {"params": "^(dense|norm)", "lr": optax.cosine_decay_schedule(0.01, 10)},
       ],
+      **engine,
     ),
-    "master_weights": lambda: lamb_optax.lamb(1e-2, weight_decay=0.01, master_weights=True),
-    "apply_if_finite": lambda: optax.apply_if_finite(lamb_optax.lamb(1e-2), 3),
+    "master_weights": lambda: lamb_optax.lamb(
+      1e-2, weight_decay=0.01, master_weights=True, **engine
+    ),
+    "apply_if_finite": lambda: optax.apply_if_finite(lamb_optax.lamb(1e-2, **engine), 3),
   }
 
 
 @pytest.mark.parametrize("name", list(_optimizers()))
-def test_checkpoint_resume_is_bit_identical(name, tmp_path):
+@every
+def test_checkpoint_resume_is_bit_identical(name, engine, tmp_path):
   dtype = jnp.bfloat16 if name == "master_weights" else jnp.float32
-  make = _optimizers()[name]
+  make = _optimizers(**engine)[name]
 
   def run(params, state, tx, steps):
     step = jax.jit(tx.update)
@@ -218,6 +234,41 @@ def test_checkpoint_resume_is_bit_identical(name, tmp_path):
   res_p, res_s = run(restored["params"], restored["opt_state"], tx2, range(4, 8))
   jax.tree.map(np.testing.assert_array_equal, res_p, full_p)
   jax.tree.map(np.testing.assert_array_equal, res_s, full_s)
+
+
+@pytest.mark.parametrize("name", list(_optimizers()))
+@pytest.mark.parametrize("layout", ["auto", "packed"])
+def test_a_checkpoint_restores_under_another_platform_policy(name, layout, tmp_path):
+  """The state does not depend on the platform: a state written by the accelerator lowering
+  restores into the CPU lowering of the same lamb(...) call (policies forced here, as no GPU
+  runs in CI) and continues; and the CPU run's own checkpoint continues bit-identically."""
+  dtype = jnp.bfloat16 if name == "master_weights" else jnp.float32
+  gpu = _optimizers(layout=layout, policy=GPU_POLICY)[name]()
+  cpu = _optimizers(layout=layout)[name]()
+  params = _problem(dtype)
+  state = gpu.init(params)
+  for t in range(3):
+    u, state = jax.jit(gpu.update)(_grads(params, t), state, params)
+    params = optax.apply_updates(params, u)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(tmp_path / "ckpt", {"params": params, "opt_state": state})
+    ckptr.wait_until_finished()
+    target = {"params": params, "opt_state": jax.eval_shape(cpu.init, params)}
+    restored = ckptr.restore(tmp_path / "ckpt", target)
+  jax.tree.map(np.testing.assert_array_equal, restored["opt_state"], state)
+  p_cpu, s_cpu = restored["params"], restored["opt_state"]
+  p_gpu, s_gpu = params, state
+  for t in range(3, 6):
+    u, s_cpu = jax.jit(cpu.update)(_grads(p_cpu, t), s_cpu, p_cpu)
+    p_cpu = optax.apply_updates(p_cpu, u)
+    u, s_gpu = jax.jit(gpu.update)(_grads(p_gpu, t), s_gpu, p_gpu)
+    p_gpu = optax.apply_updates(p_gpu, u)
+  # The same math, summed in another order: within float32 rounding.
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=1e-5, atol=1e-6),
+    p_cpu,
+    p_gpu,
+  )
 
 
 def test_runs_are_deterministic():

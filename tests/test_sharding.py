@@ -81,16 +81,8 @@ def test_sharded_equals_single_device_and_state_follows_params(kind, name):
   sharded = jax.device_put(host, shardings)
 
   state = jax.jit(tx.init)(sharded)
-  adam = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, lamb_optax.ScaleByAdamState))
-  adam = [s for s in adam if isinstance(s, lamb_optax.ScaleByAdamState)]
-  assert adam
-  for a in adam:  # every m and v leaf is sharded exactly like its parameter
-    for moments in (a.mu, a.nu):
-      flat_m = lamb_optax.masks.named_leaves(moments)
-      flat_p = dict(lamb_optax.masks.named_leaves(sharded))
-      for path, m in flat_m:
-        assert m.sharding.is_equivalent_to(flat_p[path].sharding, m.ndim), path
-        assert not m.sharding.is_fully_replicated or flat_p[path].sharding.is_fully_replicated
+  assert all(b.solo for b in state.mu.layout.blocks)  # few small leaves: each its own arrays
+  _assert_moments_sharded_like(state, sharded)
 
   helper = lamb_optax.state_shardings(tx, sharded)
   same = jax.tree.map(lambda s, leaf: s.is_equivalent_to(leaf.sharding, leaf.ndim), helper, state)
@@ -108,8 +100,71 @@ def test_sharded_equals_single_device_and_state_follows_params(kind, name):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), u_sh, u_1)
   same = jax.tree.map(lambda a, b: a.sharding.is_equivalent_to(b.sharding, a.ndim), p_sh, sharded)
   assert all(jax.tree.leaves(same))
+  _assert_moments_sharded_like(state, sharded)  # and after the steps
   r_sh, r_1 = lamb_optax.trust_ratios(state), lamb_optax.trust_ratios(single_state)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), r_sh, r_1)
+
+
+def _assert_moments_sharded_like(state, params):
+  """Every m and v block (each a leaf's own array) is sharded exactly like its parameter."""
+  flat_p = jax.tree.leaves(params)
+  for moments in (state.mu, state.nu):
+    for block, m in zip(moments.layout.blocks, moments.values, strict=True):
+      p = flat_p[block.members[0]]
+      assert m.sharding.is_equivalent_to(p.sharding, m.ndim), block
+      assert not m.sharding.is_fully_replicated or p.sharding.is_fully_replicated
+
+
+@pytest.mark.parametrize("direction", ["8 devices to 1", "1 device to 8"])
+@pytest.mark.parametrize("name", list(_optimizers()))
+def test_a_checkpoint_restores_onto_another_device_count(name, direction, tmp_path):
+  """The state does not depend on the device count: written by an FSDP run on 8 devices, it
+  restores onto one device (and back), against the same lamb(...) call's eval_shape target,
+  and continues as the run that never stopped (to rounding: sharded sums add in another
+  order)."""
+  mesh, specs = _layout("fsdp_tp")
+  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+  host = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _tree())
+  tx = _optimizers()[name]()
+  write_sharded = direction == "8 devices to 1"
+  params = jax.device_put(host, shardings) if write_sharded else host
+  state = jax.jit(tx.init)(params)
+  rng = np.random.default_rng(3)
+  grads = [
+    jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), host)
+    for _ in range(5)
+  ]
+  step = jax.jit(tx.update)
+  for g in grads[:2]:
+    u, state = step(jax.device_put(g, shardings) if write_sharded else g, state, params)
+    params = optax.apply_updates(params, u)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(tmp_path / "ckpt", {"params": params, "opt_state": state})
+    ckptr.wait_until_finished()
+    if write_sharded:  # restore onto one device
+      target_p = jax.eval_shape(lambda: host)
+      target_s = jax.eval_shape(tx.init, host)
+    else:  # restore sharded over the mesh, as lamb_optax.state_shardings says
+      target_p = jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), host, shardings
+      )
+      target_s = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        jax.eval_shape(tx.init, host),
+        lamb_optax.state_shardings(tx, target_p),
+      )
+    restored = ckptr.restore(tmp_path / "ckpt", {"params": target_p, "opt_state": target_s})
+  jax.tree.map(np.testing.assert_array_equal, restored["opt_state"], state)
+  p2, s2 = restored["params"], restored["opt_state"]
+  if not write_sharded:
+    _assert_moments_sharded_like(s2, p2)
+  for g in grads[2:]:
+    u, s2 = step(jax.device_put(g, shardings) if not write_sharded else g, s2, p2)
+    p2 = optax.apply_updates(p2, u)
+    u, state = step(jax.device_put(g, shardings) if write_sharded else g, state, params)
+    params = optax.apply_updates(params, u)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p2, params)
+  assert int(optax.tree_utils.tree_get(s2, "count")) == 5
 
 
 def test_sharded_state_checkpoints_with_orbax(tmp_path):
@@ -134,15 +189,15 @@ def test_sharded_state_checkpoints_with_orbax(tmp_path):
   assert all(jax.tree.leaves(same))
 
 
-@pytest.mark.parametrize("mode", [True, "all"])
 @pytest.mark.parametrize("kind", ["fsdp", "fsdp_tp"])
-def test_multi_tensor_under_sharded_params_is_correct_but_not_sharded(kind, mode):
-  """multi_tensor=True is for one device or data parallelism: under FSDP it still computes
-  the same update (XLA gathers the leaves into the flat buffers), but its state is not
-  sharded like the params. The default keeps it sharded (test above)."""
+def test_packed_layout_under_sharded_params_is_correct_but_not_sharded(kind):
+  """Packed leaves are for one device or data parallelism: under FSDP the step is still the
+  same (XLA gathers the leaves into the packed buffers), but their state is not sharded like
+  them. The auto layout packs only trees of 256 small leaves and more; the tests above
+  check that other trees keep every moment sharded like its parameter."""
   mesh, specs = _layout(kind)
   layer_axes = lamb_optax.layer_axes_from_regex("^blocks/")
-  tx = lamb_optax.lamb(0.05, groups=GROUPS, layer_axes=layer_axes, multi_tensor=mode)
+  tx = lamb_optax.lamb(0.05, groups=GROUPS, layer_axes=layer_axes, layout="packed")
   host = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _tree())
   shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   sharded = jax.device_put(host, shardings)

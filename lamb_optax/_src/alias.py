@@ -1,44 +1,35 @@
-"""``lamb``: the LAMB optimizer as a fixed-length chain of lamb_optax blocks."""
+"""``lamb``: the LAMB optimizer, computed by the engine or run as the chain of blocks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import jax
-import numpy as np
 import optax
 
-from lamb_optax._src import fused as fused_lib
+from lamb_optax._src import engine, precision, schedules, transforms, validation
 from lamb_optax._src import groups as groups_lib
+from lamb_optax._src import layout as layout_lib
 from lamb_optax._src import masks as masks_lib
-from lamb_optax._src import precision, schedules, transforms, validation
-from lamb_optax._src.multi_tensor import multi_tensor_lamb
+from lamb_optax._src import policy as policy_lib
 
 
 def _chain(
-  *, fused: bool, multi_tensor: Union[bool, str], **options: Any
-) -> optax.GradientTransformationExtraArgs:
-  """The chain of blocks for one set of options, as ``lamb``'s ``fused``/``multi_tensor`` say.
-
-  ``options`` are the fields of :class:`fused_lib.Options`; the fused paths take
-  the chain too (the default path uses its init, so both have one state).
-  """
-  o = fused_lib.Options(**options)
-  chain = optax.chain(
-    transforms.centralize_gradients(o.centralize_out_axis) if o.centralize else optax.identity(),
+  o: engine.Options, group: engine.GroupOptions, mask: masks_lib.MaskOrFn
+) -> optax.GradientTransformation:
+  """The chain of public blocks for one group: ``lamb(..., fused=False)``, the reference."""
+  return optax.chain(
+    transforms.centralize_gradients(o.centralize_out_axis)
+    if group.centralize
+    else optax.identity(),
     transforms.scale_by_adam(o.b1, o.b2, o.eps, o.eps_root, o.moment_dtype),
-    transforms.add_decayed_weights(o.weight_decay, o.mask),
+    transforms.add_decayed_weights(group.weight_decay, mask),
     transforms.scale_by_trust_ratio(
       o.min_trust_ratio, o.max_trust_ratio, o.trust_ratio_mask, layer_axes=o.layer_axes
     ),
-    transforms.scale_by_learning_rate(o.learning_rate),
+    transforms.scale_by_learning_rate(group.learning_rate),
   )
-  if multi_tensor:
-    return multi_tensor_lamb(chain, o, pack_all=multi_tensor == "all")
-  if not fused:
-    return chain
-  return fused_lib.fused_lamb(chain, o)
 
 
 def lamb(
@@ -59,7 +50,8 @@ def lamb(
   centralize_out_axis: Optional[int] = None,
   master_weights: bool = False,
   fused: bool = True,
-  multi_tensor: Union[bool, str] = False,
+  layout: str = "auto",
+  policy: Optional[policy_lib.Policy] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The LAMB optimizer (layer-wise adaptive moments for large batches).
 
@@ -79,10 +71,14 @@ def lamb(
   norms run in float32 for low-precision parameters. ``lr_t`` is the learning
   rate of step ``count`` (0-based).
 
-  The optimizer is ``optax.chain(centralize | identity, scale_by_adam,
-  add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate)``, by
-  default fused into two passes over memory per leaf; with ``groups`` each
-  group gets such a chain through ``optax.partition``.
+  The optimizer is the chain ``centralize | identity -> scale_by_adam ->
+  add_decayed_weights -> scale_by_trust_ratio -> scale_by_learning_rate`` of
+  public blocks; by default an engine computes the same math in two passes
+  over memory per leaf (or per packed bucket of small leaves), with one state
+  for every platform and layout (:class:`lamb_optax.LambState`: one step count,
+  the two moments, the last trust ratios). Parameter groups are per-leaf
+  settings of that engine (``fused=False``: one chain per group, through
+  ``optax.partition``).
 
   Args:
     learning_rate: a number >= 0, a 0-d array, a 1-D array / list / iterable
@@ -126,28 +122,29 @@ def lamb(
       state (4 bytes per such parameter) and emit float32 updates that make
       each parameter equal its rounded master (apex/Paddle multi-precision).
       No effect on float32/float64 parameters.
-    fused: True (default) computes the chain's math in two passes over memory
-      per leaf (``lamb_optax._src.fused``); False runs the chain of blocks
-      itself. Both have the same state. In float32 they agree to rounding; for
-      bfloat16/float16 the fused path keeps the direction in float32 between
-      stages where the chain rounds it to the gradient dtype.
-    multi_tensor: True packs the moments of leaves under 65536 elements into
-      a few flat buffers (up to 64 leaves each, per dtype and mask) and
-      computes their step there, with each trust ratio from a segment sum;
-      larger leaves keep their own arrays and the fused step
-      (``lamb_optax._src.multi_tensor``). Same math as the default. For
-      models with many small leaves it cuts compile time and per-step host
-      time (2000 leaves of 32x32 on CPU: 0.49x optax.lamb's step, 0.12x its
-      compile time; see the README). Not the default: packed state is not
-      sharded like the parameters (use it on one device or with data
-      parallelism), and its state has another structure (checkpoints do not
-      carry over between the two settings). Needs ``fused=True``.
-      ``"all"`` packs every leaf, large ones too: fewer, larger kernels and
-      fewer buffers per call, which is what GPUs want (on an H200, a trial of
-      this layout took BERT-base's step to 6.9 ms against optax.lamb's 10.8
-      ms; see the README). On CPU it is slower than ``True`` (the packing
-      copies g and w of the large leaves), and no large leaf keeps a sharding
-      of its own.
+    fused: True (default) runs the engine; False runs the chain of public
+      blocks itself (the readable reference, with the chain's state: a tuple
+      of the blocks' states, which does not load into the engine's). In
+      float32 they agree to rounding; for bfloat16/float16 the engine keeps
+      the direction in float32 between stages where the chain rounds it to
+      the gradient dtype.
+    layout: where the state keeps each leaf's moments and ratios, and so how
+      the step runs (expert override; see the README's "Speed and memory").
+      ``"auto"`` (default): leaves of 2**16 elements and more keep their own
+      arrays (sharded like the parameter); smaller leaves are packed into a
+      few ``(rows, width)`` buffers when the tree has at least 256 of them
+      (per-buffer and per-kernel costs then dominate: on 2000 leaves of 32x32
+      this takes the CPU step to about half of ``optax.lamb``'s and the
+      compile time to a tenth), else they keep their own arrays too.
+      ``"per_leaf"``: every leaf keeps its own arrays. ``"packed"``: every
+      leaf is packed. The layout depends only on the parameter tree and this
+      argument, never on the platform or the device count, so a checkpoint
+      restores into the same ``lamb(...)`` call anywhere; the math is the same
+      for every layout (sums taken in another order).
+    policy: how the step is lowered for a platform
+      (:class:`lamb_optax.Policy`, expert override for benchmarks and tests);
+      None picks :data:`lamb_optax.Policy.for_platform` of the platform the
+      step is lowered for. It does not change the state.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -158,7 +155,7 @@ def lamb(
       not); ``grad_centralization`` not a bool.
     ValueError: ``eps <= 0``; ``b1`` or ``b2`` outside (0, 1);
       ``weight_decay < 0``; NaN; negative or 2-D learning rates; bad groups;
-      ``multi_tensor`` with ``fused=False``.
+      an unknown ``layout``; ``layout`` or ``policy`` with ``fused=False``.
     KeyError: a group holds an unknown key.
 
   Examples:
@@ -195,53 +192,61 @@ def lamb(
       f"`centralize_out_axis` must be an int or None, got {centralize_out_axis!r} (under"
       " optax.inject_hyperparams, list it in static_args or use lamb_optax.inject_hyperparams)."
     )
-  common = dict(
+  validation.check_bool("master_weights", master_weights)
+  validation.check_bool("fused", fused)
+  if not isinstance(layout, str):
+    raise TypeError(f"`layout` must be a str, got {type(layout).__name__} {layout!r}.")
+  if layout not in layout_lib.MODES:
+    raise ValueError(f"`layout` must be one of {list(layout_lib.MODES)}, got {layout!r}.")
+  if policy is not None and not isinstance(policy, policy_lib.Policy):
+    raise TypeError(
+      f"`policy` must be a lamb_optax.Policy or None, got {type(policy).__name__} {policy!r}."
+    )
+  if not fused and (layout != "auto" or policy is not None):
+    raise ValueError(
+      f"`layout={layout!r}` and `policy={policy!r}` configure the engine; `fused=False` runs the"
+      " chain of blocks instead. Pass one or the other."
+    )
+  if groups is None:
+    group_options = (engine.GroupOptions(lr, weight_decay, False),)
+    labels, engine_mask = None, mask
+  else:
+    parsed = groups_lib.parse_groups(groups, lr, weight_decay)
+    group_options = tuple(
+      engine.GroupOptions(g.lr, g.weight_decay, g.grad_centralization) for g in parsed.groups
+    )
+    engine_mask = None if isinstance(mask, str) and mask == "mindspore" else mask
+
+    def labels(params: Any) -> list[int]:
+      return groups_lib.assign(parsed, params)
+
+  o = engine.Options(
+    groups=group_options,
+    labels=labels,
     b1=b1,
     b2=b2,
     eps=eps,
     eps_root=eps_root,
-    centralize_out_axis=centralize_out_axis,
+    mask=engine_mask,
     trust_ratio_mask=trust_ratio_mask,
     min_trust_ratio=min_trust_ratio,
     max_trust_ratio=max_trust_ratio,
     moment_dtype=moment_dtype,
     layer_axes=layer_axes,
-    fused=fused,
-    multi_tensor=multi_tensor,
+    centralize_out_axis=centralize_out_axis,
+    layout=layout,
+    policy=policy,
   )
-  validation.check_bool("master_weights", master_weights)
-  validation.check_bool("fused", fused)
-  if not (isinstance(multi_tensor, (bool, np.bool_)) or multi_tensor == "all"):
-    raise TypeError(
-      f"`multi_tensor` must be a bool or 'all', got {type(multi_tensor).__name__} {multi_tensor!r}."
-    )
-  if multi_tensor and not fused:
-    raise ValueError(
-      f"`multi_tensor={multi_tensor!r}` computes the fused update on flat buffers; it cannot be"
-      " combined with `fused=False` (the chain of blocks). Pass one of them."
-    )
-  wrap = precision.with_master_weights if master_weights else (lambda tx: tx)
-  if groups is None:
-    return wrap(
-      _chain(learning_rate=lr, weight_decay=weight_decay, mask=mask, centralize=False, **common)
-    )
+  if fused:
+    tx = engine.lamb_engine(o)
+  elif groups is None:
+    tx = _chain(o, group_options[0], engine_mask)
+  else:
+    chains = {f"group_{i}": _chain(o, g, engine_mask) for i, g in enumerate(group_options)}
 
-  parsed = groups_lib.parse_groups(groups, lr, weight_decay)
-  group_mask = None if isinstance(mask, str) and mask == "mindspore" else mask
-  chains = {
-    g.label: _chain(
-      learning_rate=g.lr,
-      weight_decay=g.weight_decay,
-      mask=group_mask,
-      centralize=g.grad_centralization,
-      **common,
-    )
-    for g in parsed.groups
-  }
+    def chain_labels(params: Any) -> Any:
+      names = [f"group_{i}" for i in labels(params)]
+      return jax.tree.unflatten(jax.tree.structure(params), names)
 
-  def labels(params: Any) -> Any:
-    owner = groups_lib.assign(parsed, params)
-    names = [parsed.groups[i].label for i in owner]
-    return jax.tree.unflatten(jax.tree.structure(params), names)
-
-  return wrap(optax.partition(chains, labels))
+    tx = optax.partition(chains, chain_labels)
+  return precision.with_master_weights(tx) if master_weights else tx

@@ -7,14 +7,16 @@ from typing import Any
 import jax
 import optax
 
-from lamb_optax._src.multi_tensor import MultiTensorRatios
+from lamb_optax._src.engine import LambState
 from lamb_optax._src.transforms import ScaleByTrustRatioState
 
 
 def _collect(state: Any, found: list[Any]) -> None:
+  if isinstance(state, LambState):
+    found.append(state.ratios.as_tree())
+    return
   if isinstance(state, ScaleByTrustRatioState):
-    ratios = state.ratios
-    found.append(ratios.as_tree() if isinstance(ratios, MultiTensorRatios) else ratios)
+    found.append(state.ratios)
     return
   if isinstance(state, dict):
     for key in sorted(state, key=str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+from lamb_optax._src import transforms
 from lamb_optax._src.alias import lamb
 
 # Arguments that describe structure, not numbers: optax.inject_hyperparams would
@@ -22,7 +24,8 @@ STRUCTURAL_ARGS = (
   "centralize_out_axis",
   "master_weights",
   "fused",
-  "multi_tensor",
+  "layout",
+  "policy",
 )
 
 
@@ -62,6 +65,24 @@ def inject_hyperparams(
   names = {static_args} if isinstance(static_args, str) else set(static_args)
   params = inspect.signature(inner_factory).parameters
   names |= {a for a in STRUCTURAL_ARGS if a in params}
-  return optax.inject_hyperparams(
+  wrapped = optax.inject_hyperparams(
     inner_factory, static_args=tuple(sorted(names)), hyperparam_dtype=hyperparam_dtype
   )
+
+  @functools.wraps(inner_factory)
+  def factory(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    tx = wrapped(*args, **kwargs)
+
+    def update_fn(updates, state, params=None, **extra_args):
+      updates, new_state = tx.update(updates, state, params, **extra_args)
+      # A scheduled hyperparameter is recomputed from the step count, its old value unread:
+      # keep it an input, so a donated state's buffer is reused (transforms.reuse_buffer).
+      hyperparams = {
+        k: transforms.reuse_buffer(state.hyperparams[k], v)
+        for k, v in new_state.hyperparams.items()
+      }
+      return updates, new_state._replace(hyperparams=hyperparams)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+  return factory

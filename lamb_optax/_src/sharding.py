@@ -15,7 +15,8 @@ from lamb_optax._src import masks as masks_lib
 def state_shardings(tx: optax.GradientTransformation, params: Any, shardings: Any = None) -> Any:
   """The shardings of ``tx.init(params)`` when ``params`` are sharded as given.
 
-  m and v come out sharded exactly like their parameters, scalars
+  m and v of every leaf that keeps its own arrays come out sharded exactly like
+  the parameter (packed buffers of small leaves as XLA places them), scalars
   replicated. Use the result as ``out_shardings`` of a jitted init or step, or
   to build orbax restore targets::
 
@@ -39,7 +40,7 @@ def state_shardings(tx: optax.GradientTransformation, params: Any, shardings: An
     >>> tx = lamb_optax.lamb(1e-3)
     >>> params = {"w": jnp.ones((4, 4))}
     >>> sh = lamb_optax.state_shardings(tx, params)
-    >>> sh[1].mu["w"] == params["w"].sharding
+    >>> sh.mu.as_tree()["w"] == params["w"].sharding
     True
   """
   if shardings is None:

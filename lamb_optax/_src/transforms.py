@@ -9,8 +9,7 @@ of the updates it received.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple, Optional, Union
 
 import jax
@@ -18,27 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lamb_optax._src import kernels, schedules, validation
 from lamb_optax._src import masks as masks_lib
-from lamb_optax._src import schedules, validation
 
 ScalarOrSchedule = Union[float, jax.typing.ArrayLike, Callable[[jax.Array], jax.typing.ArrayLike]]
 # An int pytree (a prefix of the params is enough) or a function of the params returning one.
 LayerAxes = Union[None, int, Any, Callable[[Any], Any]]
 
 
-def compute_dtype(dtype: Any) -> np.dtype:
-  """The dtype arithmetic runs in: at least float32, float64/complex kept."""
-  return np.dtype(jnp.promote_types(dtype, jnp.float32))
-
-
-def _real_dtype(dtype: Any) -> np.dtype:
-  return np.dtype(jnp.finfo(dtype).dtype)
-
-
-def _abs_sq(x: jax.Array) -> jax.Array:
-  if jnp.iscomplexobj(x):
-    return jnp.real(x) ** 2 + jnp.imag(x) ** 2
-  return x * x
+compute_dtype = kernels.compute_dtype
+_real_dtype = kernels.real_dtype
 
 
 def _check_float_leaves(name: str, tree: Any) -> None:
@@ -70,6 +58,19 @@ def _check_same_structure(updates: Any, params: Any, what: str = "params") -> No
         f"`updates` leaf {path or '<root>'!r} has shape {np.shape(u)} but the parameter has"
         f" shape {np.shape(p)}."
       )
+
+
+def reuse_buffer(old: jax.Array, new: jax.Array) -> jax.Array:
+  """``new``, written so that ``jax.jit`` keeps ``old`` (a state field nothing reads) as an input.
+
+  A state field that the update overwrites without reading (the last trust
+  ratios, a scheduled hyperparameter) is an input nothing reads, and jit drops
+  such inputs; a donated buffer that is dropped cannot be reused for an
+  output, so the new value gets a fresh buffer every step (and XLA:GPU
+  records its command buffers anew each step). XLA folds ``select(p, a, a)``
+  to ``a``, so this costs nothing at run time.
+  """
+  return jnp.where(old != old, new, new)
 
 
 # ---------------------------------------------------------------------------
@@ -165,66 +166,6 @@ def default_moment_dtype(param_dtype: Any, moment_dtype: Any = None) -> np.dtype
   return np.dtype(param_dtype)
 
 
-def _decay_constants(b: Any, count: jax.Array, rdt: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """``b``, ``1 - b`` and the bias correction ``1 - b**count``, all in ``rdt``.
-
-  ``1 - b`` is exact in floating point for ``b`` in [0.5, 1] and ``1 - b**t``
-  is formed as ``-expm1(t * log1p(-(1 - b)))``, which does not cancel: with
-  ``b2 = 0.999`` in float32, ``1 - b2**t`` keeps full precision (optax's
-  ``1 - b2**t`` loses ~1e-5 relative). The same code runs for concrete and
-  traced ``b``, so ``inject_hyperparams`` gives identical updates.
-  """
-  b_ = jnp.asarray(b).astype(rdt)
-  one_minus_b = 1 - b_
-  return b_, one_minus_b, -jnp.expm1(count.astype(rdt) * jnp.log1p(-one_minus_b))
-
-
-def adam_leaf(
-  g: jax.Array, m: jax.Array, v: jax.Array, count: jax.Array, b1: Any, b2: Any, eps: Any,
-  eps_root: Any,
-) -> tuple[jax.Array, jax.Array, jax.Array]:  # fmt: skip
-  """One leaf of Adam at step ``count`` (already incremented): ``(u, m', v')``.
-
-  All three are in :func:`compute_dtype` of ``g``; callers cast for storage.
-  """
-  m_new, v_new = adam_moments(g, m, v, count, b1, b2)
-  return adam_direction(m_new, v_new, count, b1, b2, eps, eps_root), m_new, v_new
-
-
-def adam_moments(
-  g: jax.Array, m: jax.Array, v: jax.Array, count: jax.Array, b1: Any, b2: Any
-) -> tuple[jax.Array, jax.Array]:
-  """``m' = b1 m + (1-b1) g``, ``v' = b2 v + (1-b2) |g|^2`` in :func:`compute_dtype` of ``g``."""
-  cdt = compute_dtype(g.dtype)
-  rdt = _real_dtype(cdt)
-  b1_, one_minus_b1, _ = _decay_constants(b1, count, rdt)
-  b2_, one_minus_b2, _ = _decay_constants(b2, count, rdt)
-  g32 = g.astype(cdt)
-  m_new = b1_ * m.astype(cdt) + one_minus_b1 * g32
-  v_new = b2_ * v.astype(cdt) + one_minus_b2 * _abs_sq(g32)
-  return m_new, v_new
-
-
-def adam_direction(
-  m_new: jax.Array, v_new: jax.Array, count: jax.Array, b1: Any, b2: Any, eps: Any, eps_root: Any
-) -> jax.Array:
-  """``(m/(1-b1^t)) / (sqrt(v/(1-b2^t) + eps_root) + eps)`` in the moments' dtype."""
-  rdt = _real_dtype(m_new.dtype)
-  corrections = _decay_constants(b1, count, rdt)[2], _decay_constants(b2, count, rdt)[2]
-  return corrected_direction(m_new, v_new, *corrections, eps, eps_root)
-
-
-def corrected_direction(
-  m_new: jax.Array, v_new: jax.Array, correction1: Any, correction2: Any, eps: Any, eps_root: Any
-) -> jax.Array:
-  """:func:`adam_direction` from the bias corrections ``1 - b1^t`` and ``1 - b2^t``."""
-  cdt = m_new.dtype
-  rdt = _real_dtype(cdt)
-  m_hat = m_new / jnp.asarray(correction1).astype(cdt)
-  v_hat = v_new / jnp.asarray(correction2).astype(cdt)
-  return m_hat / (jnp.sqrt(v_hat + jnp.asarray(eps_root, rdt)) + jnp.asarray(eps, rdt))
-
-
 def scale_by_adam(
   b1: jax.typing.ArrayLike = 0.9,
   b2: jax.typing.ArrayLike = 0.999,
@@ -291,7 +232,9 @@ def scale_by_adam(
     count = optax.safe_increment(state.count)
 
     def one(g, m, v):
-      u, m_new, v_new = adam_leaf(g, m, v, count, b1, b2, eps, eps_root)
+      m_new, v_new = kernels.moments(g, m, v, b1, b2)
+      c1, c2 = kernels.corrections(count, b1, b2, kernels.real_dtype(m_new.dtype))
+      u = kernels.direction(m_new, v_new, c1, c2, eps, eps_root)
       return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
     out = jax.tree.map(one, updates, state.mu, state.nu)
@@ -367,8 +310,7 @@ def add_decayed_weights(
     def one(flag, u, w):
       if not flag:
         return u
-      cdt = compute_dtype(u.dtype)
-      return (u.astype(cdt) + wd.astype(_real_dtype(cdt)) * w.astype(cdt)).astype(u.dtype)
+      return kernels.add_decay(u.astype(compute_dtype(u.dtype)), w, wd).astype(u.dtype)
 
     leaves = [
       one(f, u, w)
@@ -423,164 +365,6 @@ def resolve_layer_axes(layer_axes: LayerAxes, tree: Any) -> list[int]:
 
 
 _TR_MASK = "mask (lamb's trust_ratio_mask)"
-_SCALE = 2.0**64  # exact power of two: scaling by it never rounds
-
-
-_ROWS_FROM = 2**16  # reductions this large are split into rows (see _rows)
-
-
-def _rows(size: int) -> int:
-  """Rows to split a flat reduction into, so XLA:CPU can run it on several cores."""
-  if size < _ROWS_FROM:
-    return 1
-  rows = 256
-  while size % rows:
-    rows //= 2
-  return rows
-
-
-def safe_norms(
-  items: Sequence[tuple[Callable[..., jax.Array], Sequence[jax.Array], int]],
-) -> list[jax.Array]:
-  """Norms of arrays of one shape, each over all axes but its first ``k``, overflow-safe.
-
-  Each item is ``(make_x, args, k)``: ``make_x(*args)`` builds the array (an
-  expression, so XLA computes it inside the reduction instead of storing it);
-  all items share one shape and ``k``. Norms are taken in float32 (or wider
-  for float64/complex128). For each array three sums of squares are formed: of
-  ``x``, of ``x * 2**-64`` and of ``x * 2**64``, all in one variadic reduction
-  (split into rows for multi-core CPUs), so the inputs are read once. Where the
-  plain sum overflows (``|x|`` around 1e19 and up) the scaled-down one is
-  used; where it is below ``2**-60`` (elements around 1e-10 and below, whose
-  squares lose precision or vanish) the scaled-up one. In the
-  range between, the result is exactly the plain ``sqrt(sum(|x|**2))``.
-  """
-  xs, rdt = _norm_inputs(items)
-  k = items[0][2]
-  shape = xs[0].shape
-  lead, rest = shape[:k], int(np.prod(shape[k:], dtype=np.int64))
-  if rest == 1:
-    # One element: the norm is |x|. (XLA also rewrites a one-element
-    # (x * 2**64)**2 as x**2 * 2**128, which overflows float32.)
-    return [jnp.abs(x).astype(rdt).reshape(lead) for x in xs]
-  rows = _rows(rest)
-  operands = []
-  for x in xs:
-    operands += [sq.reshape((*lead, rows, rest // rows)) for sq in scaled_squares(x, rdt)]
-  zero = [jnp.zeros((), rdt)] * len(operands)
-  partial = jax.lax.reduce(
-    operands, zero, lambda a, b: [x + y for x, y in zip(a, b, strict=True)], (k + 1,)
-  )
-  sums = [jnp.sum(p, axis=k) for p in partial]
-  return [pick_norm(*sums[3 * i : 3 * i + 3]) for i in range(len(xs))]
-
-
-_QUICK_FROM = 2**16  # arrays at least this large take quick_norms' plain sums
-
-
-def quick_norms(
-  items: Sequence[tuple[Callable[..., jax.Array], Sequence[jax.Array], int]],
-) -> list[jax.Array]:
-  """:func:`safe_norms`' results, from one plain sum per array where that is in range.
-
-  XLA:CPU runs a single-output ``jnp.sum`` of an expression as one vectorized
-  kernel, but the variadic reduction of :func:`safe_norms` as scalar code,
-  which is compute-bound when the expression has a division and a square root
-  (Adam's ``u``). So on CPU each array gets one plain sum of squares; only
-  where one of them is out of range (inf, or below ``2**-60``, zero included)
-  does a ``lax.cond`` run :func:`safe_norms`, whose plain branch is the same
-  sum. Other platforms, norms per layer (``k > 0``) and arrays under
-  ``2**16`` elements (where the reduction is cheap and a ``cond`` per leaf
-  would only add compile time) take :func:`safe_norms` directly.
-  """
-  make_x, args, k = items[0]
-  if k or jax.eval_shape(make_x, *args).size < _QUICK_FROM:
-    return safe_norms(items)
-
-  def on_cpu():
-    xs, rdt = _norm_inputs(items)
-    sums = [jnp.sum(_abs_sq(x).astype(rdt)) for x in xs]
-    bad = functools.reduce(jnp.logical_or, [jnp.isinf(s) | _too_small(s) for s in sums])
-    return jax.lax.cond(bad, lambda: safe_norms(items), lambda: [jnp.sqrt(s) for s in sums])
-
-  return jax.lax.platform_dependent(cpu=on_cpu, default=lambda: safe_norms(items))
-
-
-def _norm_inputs(
-  items: Sequence[tuple[Callable[..., jax.Array], Sequence[jax.Array], int]],
-) -> tuple[list[jax.Array], np.dtype]:
-  """The arrays of :func:`safe_norms`' items in their compute dtype, and the dtype of the sums."""
-  xs = [make_x(*args) for make_x, args, _ in items]
-  xs = [x.astype(compute_dtype(x.dtype)) for x in xs]
-  return xs, np.dtype(jnp.result_type(*[_real_dtype(x.dtype) for x in xs]))
-
-
-def _too_small(mid: jax.Array) -> jax.Array:
-  """Whether a plain sum of squares is below the range where it is exact enough (2**-60)."""
-  return mid < jnp.asarray(2.0**-60, mid.dtype)
-
-
-def scaled_squares(x: jax.Array, rdt: Any) -> list[jax.Array]:
-  """``|x|**2``, ``|x * 2**-64|**2``, ``|x * 2**64|**2`` in ``rdt``: summed, they feed pick_norm."""
-  x_rdt = _real_dtype(x.dtype)
-  return [
-    _abs_sq(x if scale == 1.0 else x * jnp.asarray(scale, x_rdt)).astype(rdt)
-    for scale in (1.0, 1 / _SCALE, _SCALE)
-  ]
-
-
-def pick_norm(mid: jax.Array, big: jax.Array, small: jax.Array) -> jax.Array:
-  """The norm from the three sums of :func:`scaled_squares`: plain, scaled down, scaled up."""
-  rdt = mid.dtype
-  return jnp.where(
-    jnp.isinf(mid),
-    jnp.sqrt(big) * jnp.asarray(_SCALE, rdt),
-    jnp.where(
-      _too_small(mid),
-      jnp.sqrt(small) * jnp.asarray(1 / _SCALE, rdt),
-      jnp.sqrt(mid),
-    ),
-  )
-
-
-def apply_trust_ratio(
-  u: jax.Array,
-  w_norm: jax.Array,
-  u_norm: jax.Array,
-  min_ratio: Any = None,
-  max_ratio: Any = None,
-) -> tuple[jax.Array, jax.Array]:
-  """Returns ``(r * u, r)`` with ``r = ||w|| / ||u||`` (1 where a norm is 0), clipped.
-
-  ``w_norm`` and ``u_norm`` have shape ``u.shape[:k]`` (k layer axes). Where
-  ``r`` overflows (``||w||`` huge, ``||u||`` tiny) the product is formed as
-  ``(u / ||u||) * ||w||``, which stays finite. ``r`` is returned in float32.
-  """
-  k = w_norm.ndim
-  cdt = compute_dtype(u.dtype)
-  ratio, inv_u, w_fac = trust_factors(w_norm, u_norm, _real_dtype(cdt), min_ratio, max_ratio)
-  expand = lambda x: x.reshape(x.shape + (1,) * (u.ndim - k))  # noqa: E731
-  scaled = scale_by_factors(u.astype(cdt), *map(expand, (ratio, inv_u, w_fac)))
-  return scaled, ratio.astype(jnp.float32)
-
-
-def trust_factors(
-  w_norm: jax.Array, u_norm: jax.Array, rdt: Any, min_ratio: Any = None, max_ratio: Any = None
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """``(r, 1/||u||, ||w||)`` in ``rdt``, each 1 where a norm is 0; ``r`` clipped."""
-  w_norm, u_norm = w_norm.astype(rdt), u_norm.astype(rdt)
-  ok = (w_norm > 0) & (u_norm > 0)
-  inv_u = jnp.where(ok, 1 / jnp.where(ok, u_norm, 1), 1)
-  w_fac = jnp.where(ok, w_norm, 1)
-  ratio = w_fac * inv_u
-  if min_ratio is not None or max_ratio is not None:
-    ratio = jnp.clip(ratio, min_ratio, max_ratio).astype(rdt)
-  return ratio, inv_u, w_fac
-
-
-def scale_by_factors(u: jax.Array, ratio: Any, inv_u: Any, w_fac: Any) -> jax.Array:
-  """``r * u``, or ``(u / ||u||) * ||w||`` where ``r`` overflowed (factors broadcast to ``u``)."""
-  return jnp.where(jnp.isfinite(ratio), u * ratio, (u * inv_u) * w_fac)
 
 
 def scale_by_trust_ratio(
@@ -599,7 +383,7 @@ def scale_by_trust_ratio(
 
   Norms are taken in float32 (float16 leaves whose sum of squares exceeds 65504
   still get the right ratio) and are safe from overflow and underflow
-  (:func:`safe_norms`), so finite inputs give finite updates.
+  (``kernels.safe_norms``), so finite inputs give finite updates.
   ``optax.scale_by_trust_ratio`` takes one norm per leaf, has no clipping, no
   exclusion mask and keeps no record of the ratios; this block adds all three,
   plus one ratio per layer for stacked leaves.
@@ -659,11 +443,14 @@ def scale_by_trust_ratio(
         new_u.append(u)
         ratios.append(jnp.ones(u.shape[:k], jnp.float32))
         continue
-      w_norm, u_norm = safe_norms([(lambda x: x, (w,), k), (lambda x: x, (u,), k)])
-      scaled, r = apply_trust_ratio(u, w_norm, u_norm, min_ratio, max_ratio)
+      w_norm, u_norm = kernels.safe_norms([w, u], k)
+      scaled, r = kernels.trust_scale(u, w_norm, u_norm, min_ratio, max_ratio)
       new_u.append(scaled.astype(u.dtype))
       ratios.append(r)
     tree_def = jax.tree.structure(updates)
+    ratios = [
+      reuse_buffer(o, r) for o, r in zip(jax.tree.leaves(state.ratios), ratios, strict=True)
+    ]
     return jax.tree.unflatten(tree_def, new_u), ScaleByTrustRatioState(
       ratios=jax.tree.unflatten(tree_def, ratios)
     )
@@ -686,7 +473,7 @@ def scale_by_learning_rate(learning_rate: schedules.LearningRate) -> optax.Gradi
   r"""Multiplies the updates by ``-lr_t``, in float32.
 
   ``lr_t`` is the learning rate of step ``count`` (0-based): the first update
-  uses the first value. Every form of DESIGN.md is accepted:
+  uses the first value. Every learning-rate form is accepted:
 
   * a number >= 0 or a 0-d array: fixed;
   * a 1-D array, list, tuple or other iterable of numbers: step ``i`` uses
@@ -726,8 +513,7 @@ def scale_by_learning_rate(learning_rate: schedules.LearningRate) -> optax.Gradi
     step_size = schedules.evaluate(lr, state.count)
 
     def one(u):
-      cdt = compute_dtype(u.dtype)
-      return (-step_size.astype(_real_dtype(cdt)) * u.astype(cdt)).astype(u.dtype)
+      return kernels.scale_by_lr(u.astype(compute_dtype(u.dtype)), step_size).astype(u.dtype)
 
     return jax.tree.map(one, updates), ScaleByLearningRateState(optax.safe_increment(state.count))
 
