@@ -109,6 +109,9 @@ def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
     "lamb_optax.lamb(layout='per_leaf')": lambda: lamb_optax.lamb(
       1e-3, weight_decay=0.01, layout="per_leaf"
     ),
+    "lamb_optax.lamb(layout='pack_small')": lambda: lamb_optax.lamb(
+      1e-3, weight_decay=0.01, layout="pack_small"
+    ),
     "lamb_optax.lamb(layout='packed')": lambda: lamb_optax.lamb(
       1e-3, weight_decay=0.01, layout="packed"
     ),

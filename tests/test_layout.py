@@ -76,6 +76,11 @@ def test_per_leaf_and_packed_overrides():
   assert all(b.solo for b in _blocks(per_leaf)) and len(_blocks(per_leaf)) == 301
   packed = lamb_optax.lamb(0.1, layout="packed").init(params)
   assert not any(b.solo for b in _blocks(packed))
+  few = {"w": jnp.ones((8, 8)), "b": jnp.ones(8), "big": jnp.ones((256, 256))}
+  small = lamb_optax.lamb(0.1, layout="pack_small").init(few)
+  solo, *packed = _blocks(small)  # big alone; w and b packed (in two buckets: MIN_BUCKETS)
+  assert solo.solo and solo.members == (1,)
+  assert not any(b.solo for b in packed) and sorted(sum((b.members for b in packed), ())) == [0, 2]
 
 
 def test_the_layout_depends_on_the_tree_alone():
@@ -373,7 +378,9 @@ def test_a_state_made_for_other_parameters_is_rejected(engine):
 
 
 def test_layout_argument_errors():
-  with pytest.raises(ValueError, match=r"`layout` must be one of \['auto', 'per_leaf', 'packed'\]"):
+  with pytest.raises(
+    ValueError, match=r"`layout` must be one of \['auto', 'per_leaf', 'pack_small'"
+  ):
     lamb_optax.lamb(0.1, layout="flat")
   with pytest.raises(TypeError, match="`layout` must be a str, got bool True"):
     lamb_optax.lamb(0.1, layout=True)

@@ -136,8 +136,9 @@ def lamb(
       (per-buffer and per-kernel costs then dominate: on 2000 leaves of 32x32
       this takes the CPU step to about half of ``optax.lamb``'s and the
       compile time to a tenth), else they keep their own arrays too.
-      ``"per_leaf"``: every leaf keeps its own arrays. ``"packed"``: every
-      leaf is packed. The layout depends only on the parameter tree and this
+      ``"per_leaf"``: every leaf keeps its own arrays. ``"pack_small"``: the
+      leaves under 2**16 elements are packed however many there are.
+      ``"packed"``: every leaf is packed. The layout depends only on the parameter tree and this
       argument, never on the platform or the device count, so a checkpoint
       restores into the same ``lamb(...)`` call anywhere; the math is the same
       for every layout (sums taken in another order).

@@ -33,7 +33,9 @@ The rule (``"auto"``; the numbers behind it are in the README):
   :data:`MIN_BUCKETS` buckets where it has that many leaves (the engine runs
   buckets one after another, so temporaries stay about 2x one bucket).
 
-``"per_leaf"`` makes every leaf solo, ``"packed"`` packs every leaf.
+``"per_leaf"`` makes every leaf solo, ``"pack_small"`` packs the leaves under
+:data:`PACK_BELOW` elements however many there are, ``"packed"`` packs every
+leaf.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import numpy as np
 
 from lamb_optax._src import kernels
 
-MODES = ("auto", "per_leaf", "packed")
+MODES = ("auto", "per_leaf", "pack_small", "packed")
 PACK_BELOW = 2**16
 PACK_MIN_LEAVES = 256
 BUCKET_LEAVES = 64
@@ -196,7 +198,9 @@ def make_layout(
   """The layout of a tree (see the module docstring for the rule)."""
   sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
   small = [i for i, n in enumerate(sizes) if n < PACK_BELOW]
-  if mode == "per_leaf" or (mode == "auto" and len(small) < PACK_MIN_LEAVES):
+  if mode == "auto":
+    mode = "pack_small" if len(small) >= PACK_MIN_LEAVES else "per_leaf"
+  if mode == "per_leaf":
     packable: set[int] = set()
   else:
     packable = set(range(len(shapes))) if mode == "packed" else set(small)
