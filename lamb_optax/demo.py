@@ -93,7 +93,7 @@ def make_optimizer(name: str, lr: float, steps: int) -> optax.GradientTransforma
   """LAMB with MindSpore-style groups, or AdamW for comparison."""
   decay = lamb_optax.mindspore_compat.PolynomialDecayLR(lr, lr * 0.01, steps, 1.0)
   if name == "adamw":
-    return optax.adamw(decay, weight_decay=1e-4, mask=lamb_optax.masks.flax)
+    return optax.adamw(decay, weight_decay=1e-4, mask=lamb_optax.masks.flax_weights)
   return lamb_optax.lamb(
     lr,
     groups=[
