@@ -186,7 +186,7 @@ def test_trust_ratio_clipping(lo, hi, expected):
 
 def test_trust_ratio_clipping_does_not_touch_zero_norm_default():
   out, s = _apply(lamb_optax.scale_by_trust_ratio(min_ratio=2.0), jnp.ones(2), jnp.zeros(2))
-  # r = 1 for a zero-norm weight, then clipped like any ratio (DESIGN.md order).
+  # r = 1 for a zero-norm weight, then clipped like any ratio (docs/design.md order).
   assert float(s.ratios) == 2.0
   np.testing.assert_allclose(out, [2.0, 2.0])
 

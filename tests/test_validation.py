@@ -1,4 +1,4 @@
-"""Every entry of the Raises list (DESIGN.md), plus the edge cases of issue 2."""
+"""Every entry of the Raises list (docs/design.md, "Argument checking"), plus issue 2's cases."""
 
 from __future__ import annotations
 
