@@ -23,6 +23,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Pages whose links and paths are checked (the ones a reader opens on GitHub or the site).
 PAGES = [
   ROOT / "README.md",
+  ROOT / "CHANGELOG.md",
   ROOT / "benchmarks" / "README.md",
   ROOT / "notebooks" / "README.md",
   *sorted((ROOT / "docs").glob("*.md")),
@@ -151,7 +152,7 @@ def test_relative_links_point_at_files_and_anchors_that_exist(path):
 
 
 _TOP = ("lamb_optax/", "tests/", "docs/", "benchmarks/", "notebooks/", ".ci/")
-_ROOT_FILES = ("README.md", "pyproject.toml", "LICENSE")
+_ROOT_FILES = ("README.md", "CHANGELOG.md", "pyproject.toml", "LICENSE")
 
 
 def _repo_paths(path):
