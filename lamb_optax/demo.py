@@ -1,15 +1,18 @@
 """``python -m lamb_optax.demo``: train a small Flax CNN with LAMB on real data.
 
 The data are scikit-learn's 8x8 handwritten digits (1797 images that ship with
-the package, no download). The optimizer uses MindSpore-style parameter groups:
-convolution kernels are centralized and decayed, the rest follows a polynomial
-learning-rate decay. Needs the ``examples`` extra (flax, scikit-learn, tqdm,
-matplotlib for ``--plot``).
+the package, no download), split into 1437 training and 360 test images. The
+optimizer uses MindSpore-style parameter groups: convolution kernels are
+centralized and decayed, the rest follows a polynomial learning-rate decay.
+Needs the ``examples`` extra (flax, scikit-learn, tqdm, matplotlib for
+``--plot``). The last line printed is the test accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -42,6 +45,21 @@ def _positive_float(text: str) -> float:
   return value
 
 
+_N_IMAGES = 1797  # scikit-learn's digits
+N_TRAIN = int(0.8 * _N_IMAGES)  # 1437: load_digits' training split
+_MAX_SEED = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+  if not 0 <= value <= _MAX_SEED:
+    raise argparse.ArgumentTypeError(f"expected a seed from 0 to {_MAX_SEED}, got {text!r}")
+  return value
+
+
 class _Parser(argparse.ArgumentParser):
   """Reports a bad flag in one line (no usage block, no traceback)."""
 
@@ -49,16 +67,70 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _plain(text: str) -> str:
+  """The module docstring without reStructuredText markup, for ``--help``."""
+  return re.sub(r"``([^`]*)``", r"\1", text).strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The demo's command-line flags."""
-  p = _Parser(prog="python -m lamb_optax.demo", description=__doc__.split("\n")[0])
-  p.add_argument("--steps", type=_positive_int, default=400, help="training steps (400)")
-  p.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (128)")
-  p.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate")
-  p.add_argument("--optimizer", choices=("lamb", "adamw"), default="lamb")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--plot", metavar="PATH", default=None, help="write the loss curves to a PNG")
+  p = _Parser(
+    prog="python -m lamb_optax.demo",
+    description=_plain(__doc__),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog="A bad flag is a one-line error with exit status 2, before any training.",
+  )
+  p.add_argument(
+    "--steps", type=_positive_int, default=400, help="training steps (default: %(default)s)"
+  )
+  p.add_argument(
+    "--batch-size",
+    type=_positive_int,
+    default=128,
+    help=f"images per step, at most {N_TRAIN} (the training set; larger is an error)"
+    " (default: %(default)s)",
+  )
+  p.add_argument(
+    "--lr",
+    type=_positive_float,
+    default=None,
+    help="peak learning rate (default: 0.01 for lamb, 0.003 for adamw)",
+  )
+  p.add_argument(
+    "--optimizer",
+    choices=("lamb", "adamw"),
+    default="lamb",
+    help="lamb (grouped lamb_optax.lamb) or adamw (optax.adamw, for comparison)"
+    " (default: %(default)s)",
+  )
+  p.add_argument(
+    "--seed",
+    type=_seed,
+    default=0,
+    help=f"seed of the data split, the initial weights and the batches, 0 to {_MAX_SEED}"
+    " (default: %(default)s)",
+  )
+  p.add_argument(
+    "--plot",
+    metavar="PATH",
+    default=None,
+    help="also write the training-loss curve to this PNG file, checked to be writable before"
+    " training (default: no plot)",
+  )
   return p
+
+
+def _check_writable(path: str) -> str | None:
+  """None if ``path`` can be written, else why not; leaves no file behind."""
+  existed = os.path.exists(path)
+  try:
+    with open(path, "ab"):
+      pass
+  except OSError as e:
+    return e.strerror or str(e)
+  if not existed:
+    os.remove(path)
+  return None
 
 
 def load_digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -93,7 +165,7 @@ def make_optimizer(name: str, lr: float, steps: int) -> optax.GradientTransforma
   """LAMB with MindSpore-style groups, or AdamW for comparison."""
   decay = lamb_optax.mindspore_compat.PolynomialDecayLR(lr, lr * 0.01, steps, 1.0)
   if name == "adamw":
-    return optax.adamw(decay, weight_decay=1e-4, mask=lamb_optax.masks.flax)
+    return optax.adamw(decay, weight_decay=1e-4, mask=lamb_optax.masks.flax_weights)
   return lamb_optax.lamb(
     lr,
     groups=[
@@ -125,11 +197,31 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, dtype: Any = N
   return step
 
 
-def train(args: argparse.Namespace, *, progress: bool = True) -> dict[str, Any]:
-  """Trains and returns losses and the test accuracy."""
-  from tqdm.auto import tqdm
+def train(args: argparse.Namespace, *, progress: bool = True, bar: Any = None) -> dict[str, Any]:
+  """Trains one model; returns its losses, test accuracy and trust ratios.
+
+  Each step draws its batch independently: ``batch_size`` distinct training
+  images at random, with no epochs and no reshuffling.
+
+  Args:
+    args: ``steps``, ``batch_size``, ``lr`` (None: 0.01 for lamb, 0.003 for
+      adamw), ``optimizer`` and ``seed``, as :func:`build_parser` parses them.
+    progress: show a text progress bar for this run.
+    bar: an open ``tqdm`` bar to advance by one per step instead of a bar of
+      this run's own (:func:`large_batch_study` shows one bar for all runs).
+
+  Returns:
+    A dict with ``losses`` (one per step), ``accuracy`` (on the test split),
+    ``lr`` and, for lamb, ``trust_ratios`` (one dict path -> ratio per step).
+
+  Raises:
+    ValueError: if ``batch_size`` is larger than the training set.
+  """
+  from tqdm import tqdm  # a text bar: it renders in terminals, Jupyter and Colab alike
 
   x_tr, y_tr, x_te, y_te = load_digits(args.seed)
+  if args.batch_size > len(x_tr):
+    raise ValueError(f"batch size {args.batch_size} is more than the {len(x_tr)} training images.")
   model = make_model()
   lr = args.lr if args.lr is not None else (0.01 if args.optimizer == "lamb" else 3e-3)
   tx = make_optimizer(args.optimizer, lr, args.steps)
@@ -138,19 +230,27 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> dict[str, Any]:
   step = make_train_step(model, tx)
 
   rng = np.random.default_rng(args.seed)
-  batch = min(args.batch_size, len(x_tr))
   losses, ratios = [], []
-  bar = tqdm(range(args.steps), desc=f"{args.optimizer} lr={lr:g}", disable=not progress)
-  for _ in bar:
-    idx = rng.choice(len(x_tr), size=batch, replace=False)
-    params, opt_state, loss = step(
-      params, opt_state, jnp.asarray(x_tr[idx]), jnp.asarray(y_tr[idx])
-    )
-    losses.append(float(loss))
-    if args.optimizer == "lamb":
-      named = lamb_optax.masks.named_leaves(lamb_optax.trust_ratios(opt_state))
-      ratios.append({path: float(r) for path, r in named})
-    bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+  own_bar = bar is None
+  if own_bar:
+    bar = tqdm(total=args.steps, desc=f"{args.optimizer} lr={lr:g}", disable=not progress)
+  else:
+    bar.set_description(f"{args.optimizer} batch {args.batch_size}", refresh=False)
+  try:
+    for _ in range(args.steps):
+      idx = rng.choice(len(x_tr), size=args.batch_size, replace=False)
+      params, opt_state, loss = step(
+        params, opt_state, jnp.asarray(x_tr[idx]), jnp.asarray(y_tr[idx])
+      )
+      losses.append(float(loss))
+      if args.optimizer == "lamb":
+        named = lamb_optax.masks.named_leaves(lamb_optax.trust_ratios(opt_state))
+        ratios.append({path: float(r) for path, r in named})
+      bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+      bar.update()
+  finally:
+    if own_bar:
+      bar.close()
   logits = jax.jit(model.apply)({"params": params}, jnp.asarray(x_te))
   accuracy = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == y_te))
   return {"losses": losses, "accuracy": accuracy, "lr": lr, "trust_ratios": ratios}
@@ -167,20 +267,29 @@ def large_batch_study(
 
   The learning rate grows with the square root of the batch size
   (``lr = base_lr * sqrt(batch / 32)``), as in You et al.; larger batches take
-  proportionally fewer steps. Returns one row per (optimizer, batch size)
-  with the test accuracy, the number of steps and the loss curve (and, for
-  LAMB, the per-leaf trust ratios of every step).
+  proportionally fewer steps. Batch sizes above the training set are clipped
+  to it. One progress bar counts the steps of all runs.
+
+  Returns:
+    One row per (optimizer, batch size) with the test accuracy, the number of
+    steps, the learning rate and the loss curve (and, for LAMB, the per-leaf
+    trust ratios of every step).
   """
+  from tqdm import tqdm
+
   base_lr = base_lr or {"lamb": 0.01, "adamw": 3e-3}
   n_train = len(load_digits(seed)[0])
-  rows = []
+  runs = []
   for opt in ("lamb", "adamw"):
     for bs in batch_sizes:
       bs = min(bs, n_train)
       steps = max(1, round(epochs * n_train / bs))
-      lr = base_lr[opt] * (bs / 32) ** 0.5
+      runs.append((opt, bs, steps, base_lr[opt] * (bs / 32) ** 0.5))
+  rows = []
+  with tqdm(total=sum(r[2] for r in runs), disable=not progress) as bar:
+    for opt, bs, steps, lr in runs:
       args = argparse.Namespace(steps=steps, batch_size=bs, lr=lr, optimizer=opt, seed=seed)
-      res = train(args, progress=progress)
+      res = train(args, bar=bar)
       rows.append(dict(res, optimizer=opt, batch_size=bs, steps=steps))
   return rows
 
@@ -203,23 +312,30 @@ def _plot(path: str, losses: Sequence[float], label: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Entry point; returns the process exit code."""
-  args = build_parser().parse_args(argv)
+  """Entry point; returns the process exit code (bad flags exit with status 2)."""
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  needed = ["flax", "sklearn", "tqdm"] + (["matplotlib"] if args.plot else [])
   try:
-    import flax  # noqa: F401
-    import sklearn  # noqa: F401
-    import tqdm  # noqa: F401
+    for name in needed:
+      __import__(name)
   except ImportError as e:
-    print(f'error: the demo needs the examples extra: pip install "lamb_optax[examples]" ({e})')
-    return 2
+    parser.error(f'the demo needs the examples extra: pip install "lamb_optax[examples]" ({e})')
+  if args.batch_size > N_TRAIN:
+    parser.error(
+      f"argument --batch-size: {args.batch_size} is more than the {N_TRAIN} training images;"
+      f" use at most {N_TRAIN}"
+    )
+  if args.plot and (why := _check_writable(args.plot)):
+    parser.error(f"argument --plot: cannot write {args.plot!r}: {why}")
   result = train(args)
+  print(f"test accuracy: {result['accuracy']:.3f}")  # first, so a failing plot cannot hide it
   if args.plot:
     try:
       _plot(args.plot, result["losses"], f"{args.optimizer} (lr {result['lr']:g})")
     except (OSError, ImportError) as e:
-      print(f"error: cannot write the plot to {args.plot!r}: {e}", file=sys.stderr)
-      return 2
-  print(f"test accuracy: {result['accuracy']:.3f}")
+      print(f"{parser.prog}: error: cannot write the plot to {args.plot!r}: {e}", file=sys.stderr)
+      return 1
   return 0
 
 

@@ -1,4 +1,4 @@
-"""Plain NumPy LAMB (DESIGN.md's formula), float64, one dict of path -> array.
+"""Plain NumPy LAMB (docs/design.md's formula), float64, one dict of path -> array.
 
 Independent of lamb_optax: no JAX, no optax. Used by the parity tests.
 """

@@ -130,6 +130,23 @@ def test_decay_mindspore_rule(mask):
   assert [float(x[0]) for x in jax.tree.leaves(out)] == [0.0, 0.0, 1.0]  # beta, gamma, kernel
 
 
+@pytest.mark.parametrize("mask", ["flax", lamb_optax.masks.flax_weights])
+def test_decay_flax_rule(mask):
+  tx = lamb_optax.add_decayed_weights(1.0, mask=mask)
+  p = {"Dense": {"kernel": jnp.ones((1, 1)), "bias": jnp.ones(1)}, "Norm": {"scale": jnp.ones(1)}}
+  out, _ = _apply(tx, jax.tree.map(jnp.zeros_like, p), p)
+  assert [float(x.ravel()[0]) for x in jax.tree.leaves(out)] == [0.0, 1.0, 0.0]  # bias, kernel
+
+
+def test_masks_flax_is_a_deprecated_alias_of_flax_weights():
+  with pytest.warns(DeprecationWarning, match="flax_weights"):
+    from lamb_optax.masks import flax  # the old name, which shadowed the flax package
+  assert flax is lamb_optax.masks.flax_weights
+  assert "flax" not in lamb_optax.masks.__all__
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    lamb_optax.masks.nope  # noqa: B018
+
+
 def test_decay_zero_weight_decay_adds_nothing():
   tx = lamb_optax.add_decayed_weights(0.0)
   p = jnp.array([np.inf])
@@ -169,7 +186,7 @@ def test_trust_ratio_clipping(lo, hi, expected):
 
 def test_trust_ratio_clipping_does_not_touch_zero_norm_default():
   out, s = _apply(lamb_optax.scale_by_trust_ratio(min_ratio=2.0), jnp.ones(2), jnp.zeros(2))
-  # r = 1 for a zero-norm weight, then clipped like any ratio (DESIGN.md order).
+  # r = 1 for a zero-norm weight, then clipped like any ratio (docs/design.md order).
   assert float(s.ratios) == 2.0
   np.testing.assert_allclose(out, [2.0, 2.0])
 

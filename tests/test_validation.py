@@ -1,4 +1,4 @@
-"""Every entry of the Raises list (DESIGN.md), plus the edge cases of issue 2."""
+"""Every entry of the Raises list (docs/design.md, "Argument checking"), plus issue 2's cases."""
 
 from __future__ import annotations
 
@@ -177,14 +177,14 @@ def test_lamb_optax_inject_hyperparams_keeps_float32_with_bf16_params():
 def test_callable_mask_through_optax_inject_is_not_silently_ignored():
   """optax.inject_hyperparams calls a mask function as a schedule (optax trap)."""
   tx = optax.inject_hyperparams(lamb_optax.lamb)(
-    learning_rate=0.1, weight_decay=0.1, mask=lamb_optax.masks.flax
+    learning_rate=0.1, weight_decay=0.1, mask=lamb_optax.masks.flax_weights
   )
   with pytest.raises(ValueError, match="inject_hyperparams"):
     tx.init(P)
 
 
 def test_callable_mask_through_lamb_optax_inject_works():
-  kw = dict(learning_rate=0.1, weight_decay=0.5, mask=lamb_optax.masks.flax)
+  kw = dict(learning_rate=0.1, weight_decay=0.5, mask=lamb_optax.masks.flax_weights)
   inj = lamb_optax.inject_hyperparams()(**kw)
   plain = lamb_optax.lamb(**kw)
   rng = np.random.default_rng(0)

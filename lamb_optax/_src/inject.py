@@ -57,7 +57,7 @@ def inject_hyperparams(
   Examples:
     >>> import jax.numpy as jnp
     >>> import lamb_optax
-    >>> tx = lamb_optax.inject_hyperparams()(learning_rate=0.1, mask=lamb_optax.masks.flax)
+    >>> tx = lamb_optax.inject_hyperparams()(learning_rate=0.1, mask=lamb_optax.masks.flax_weights)
     >>> state = tx.init({"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)})
     >>> float(state.hyperparams["learning_rate"])
     0.1

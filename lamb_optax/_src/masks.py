@@ -79,18 +79,22 @@ def mindspore(params: Any) -> Any:
 _FLAX_NO_DECAY = ("bias", "scale")
 
 
-def flax(params: Any) -> Any:
-  """The usual Flax rule: decay kernels and embeddings, not biases or norm scales.
+def flax_weights(params: Any) -> Any:
+  """The usual Flax rule: decay the weights (kernels, embeddings), not biases or norm scales.
 
   A leaf is decayed iff it has at least 2 dimensions and its name (last path
   component) is neither ``bias`` nor ``scale`` (the names Flax gives to biases
   and to the scale/offset of ``LayerNorm``, ``BatchNorm``, ``GroupNorm`` and
-  ``RMSNorm``).
+  ``RMSNorm``). It is the rule ``mask="flax"`` names.
+
+  The name says what the mask selects (the weights of a Flax model) and, unlike
+  the deprecated alias ``masks.flax``, cannot shadow the ``flax`` package in
+  ``from lamb_optax.masks import ...``.
 
   Examples:
     >>> import jax.numpy as jnp
     >>> from lamb_optax import masks
-    >>> masks.flax({"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}})
+    >>> masks.flax_weights({"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}})
     {'Dense_0': {'bias': False, 'kernel': True}}
   """
 
@@ -127,7 +131,7 @@ def from_regex(pattern: str, *, invert: bool = False) -> Callable[[Any], Any]:
   return lambda params: _map_named(lambda p, _: (compiled.search(p) is None) == invert, params)
 
 
-_NAMED_RULES = {"mindspore": mindspore, "flax": flax}
+_NAMED_RULES = {"mindspore": mindspore, "flax": flax_weights}
 
 
 def check_mask(name: str, mask: MaskOrFn) -> None:

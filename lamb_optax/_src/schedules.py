@@ -1,6 +1,6 @@
 """Learning-rate forms: numbers, 0-d arrays, per-step lists and schedules.
 
-DESIGN.md ("Learning rate forms") lists what a learning rate may be. This module
+docs/design.md ("Learning rate forms") lists what a learning rate may be. This module
 turns each form into either a constant or an optax schedule ``count -> value``.
 """
 

@@ -473,7 +473,7 @@ def scale_by_learning_rate(learning_rate: schedules.LearningRate) -> optax.Gradi
   r"""Multiplies the updates by ``-lr_t``, in float32.
 
   ``lr_t`` is the learning rate of step ``count`` (0-based): the first update
-  uses the first value. Every learning-rate form is accepted:
+  uses the first value. Every form of docs/design.md ("Learning rate forms") is accepted:
 
   * a number >= 0 or a 0-d array: fixed;
   * a 1-D array, list, tuple or other iterable of numbers: step ``i`` uses

@@ -1,6 +1,6 @@
 """Argument checking shared by every public entry point.
 
-The rules follow DESIGN.md ("Argument checking"): ``TypeError`` for a value of
+The rules follow docs/design.md ("Argument checking"): ``TypeError`` for a value of
 the wrong kind, ``ValueError`` for a value out of range, and every message
 names the argument and the value it received. Tracers and 0-d JAX arrays are
 accepted (``optax.inject_hyperparams`` passes hyperparameters as arrays); range
