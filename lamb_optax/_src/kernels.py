@@ -100,14 +100,18 @@ def direction(
 
   In the moments' dtype. ``c1``, ``c2`` are the bias corrections; ``wd`` may be
   a scalar or an array that broadcasts against ``w`` (a weight decay per row of
-  a packed buffer, 0 where a leaf is not decayed).
+  a packed buffer, 0 where a leaf is not decayed). Computed as
+  ``m' / (sqrt(v' + eps_root c2) * c1/sqrt(c2) + c1 eps)``: the same value, with
+  one division and one square root per element (the form above has three
+  divisions), and finite for every finite ``m'``, ``v'``: neither ``m'/c1``
+  nor ``v'/c2`` is formed, so neither can overflow.
   """
   cdt = m_new.dtype
   rdt = real_dtype(cdt)
-  u = (m_new / jnp.asarray(c1).astype(cdt)) / (
-    jnp.sqrt(v_new / jnp.asarray(c2).astype(cdt) + jnp.asarray(eps_root, rdt))
-    + jnp.asarray(eps, rdt)
-  )
+  c1, c2 = jnp.asarray(c1).astype(rdt), jnp.asarray(c2).astype(rdt)
+  eps, eps_root = jnp.asarray(eps).astype(rdt), jnp.asarray(eps_root).astype(rdt)
+  root = jnp.sqrt(v_new + eps_root * c2)
+  u = m_new / (root * (c1 / jnp.sqrt(c2)) + c1 * eps)
   if wd is not None:
     u = add_decay(u, w, wd)
   return u

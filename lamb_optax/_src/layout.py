@@ -57,11 +57,11 @@ PACK_MIN_LEAVES = 256
 BUCKET_LEAVES = 64
 MIN_BUCKETS = 4
 # Row widths tried, widest first; the widest whose padding adds at most 1/16 wins,
-# else 2. At most 512: each row is summed in one sequential run (XLA:CPU), and 512
+# else 2. At most 1024: each row is summed in one sequential run (XLA:CPU), and 1024
 # elements keep a float32 sum as exact as the solo path's two-level sums
 # (kernels.summation_rows). Never 1: XLA rewrites a one-element (x * 2**64)**2 as
 # x**2 * 2**128, which overflows float32 (see kernels.safe_norms).
-_WIDTHS = tuple(2**i for i in range(9, 0, -1))
+_WIDTHS = tuple(2**i for i in range(10, 0, -1))
 
 
 @dataclasses.dataclass(frozen=True)
