@@ -76,8 +76,9 @@ def test_engine_equals_chain_in_float32(name, big, engine):
   s1, s2 = ours.init(p1), chain.init(p2)
   rng = np.random.default_rng(1)
   # The GPU policy sums large leaves in one sequential run on XLA:CPU (GPUs sum in a tree).
+  # Absolute: float32 rounding at the leaf's scale (0.1), where decay and direction cancel.
   seq = big and engine.get("policy") is GPU_POLICY
-  rtol, atol = (2e-5, 1e-8) if seq else (2e-6, 1e-9)
+  rtol, atol = (2e-5, 1e-8) if seq else (2e-6, 1e-8)
   for t in range(6):
     g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), p1)
     u1, s1 = jax.jit(ours.update)(g, s1, p1)

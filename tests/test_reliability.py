@@ -334,3 +334,192 @@ def test_weight_decay_schedule_returning_an_array():
 def test_trust_ratio_mask_of_wrong_structure_fails_at_init():
   with pytest.raises(ValueError, match="trust_ratio_mask.* must have the structure"):
     lamb_optax.lamb(1e-2, trust_ratio_mask={"x": True}).init(_problem())
+
+
+# --- the whole range of every float dtype ---------------------------------------
+
+
+def _norm(x):
+  """A float64 norm that neither overflows nor underflows (np.linalg.norm does, at 1e-200)."""
+  top = np.abs(x).max()
+  return top * np.sqrt(np.sum((x / top) ** 2)) if top else 0.0
+
+
+def _first_step(w, g, lr, eps=1e-6):
+  """NumPy (float64) of lamb's first step without decay: u = g / (|g| + eps), r = |w|/|u|."""
+  w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
+  u = g / (np.abs(g) + eps)
+  r = _norm(w) / _norm(u)
+  return -lr * r * u, r
+
+
+@every
+@pytest.mark.parametrize(
+  "dtype, value, n",
+  [
+    ("float32", 2e37, 1000),  # ||w|| = 6.3e38 is beyond float32's range
+    ("float32", 3e38, 2**17),  # the largest float32 values, a leaf the CPU sums plainly
+    ("float32", 1e-19, 1000),  # squares below float32's smallest normal
+    ("float64", 1e200, 100),
+    ("float64", 1e160, 100),  # the ratio, 1e160, is beyond float32's range
+    ("float64", 1e-200, 100),
+  ],
+)
+def test_norms_over_the_whole_range_of_the_dtype(dtype, value, n, engine):
+  """Finite input gives finite updates and the right ratio, for float32 and float64."""
+  with jax.enable_x64(dtype == "float64"):
+    w = {"w": jnp.full((n,), value, dtype)}
+    g = {"w": jnp.asarray(np.linspace(0.5, 1.5, n), dtype)}
+    lr = 1e-6
+    tx = lamb_optax.lamb(lr, mask=None, **engine)
+    u, state = jax.jit(tx.update)(g, tx.init(w), w)
+    expected_u, expected_r = _first_step(w["w"], g["w"], lr)
+    assert np.all(np.isfinite(np.asarray(u["w"], np.float64)))
+    ratio = lamb_optax.trust_ratios(state)["w"]
+    assert ratio.dtype == jnp.dtype(dtype)  # float64 parameters keep float64 ratios
+    # The GPU policy sums the 2**17 leaf in one sequential run on XLA:CPU (GPUs sum in a tree).
+    rtol = _seq_rtol(engine, n, 1e-5)
+    np.testing.assert_allclose(float(ratio), expected_r, rtol=rtol)
+    np.testing.assert_allclose(np.asarray(u["w"], np.float64), expected_u, rtol=rtol)
+
+
+@every
+@pytest.mark.parametrize("spike", [1e20, 1e30, 3e38])
+def test_a_finite_gradient_never_poisons_the_state(spike, engine):
+  """|g| = 1e20 once: (1 - b2) g^2 = 1e37 is a float32, and is stored as such. Above 5.8e20 it
+  is not: v saturates at float32's largest value. Either way the state stays finite and later
+  steps move the element again, as v decays (optax.lamb stores v = inf: that element's
+  update is 0 from then on)."""
+  w = {"w": jnp.linspace(-1.0, 1.0, 16, dtype=jnp.float32)}
+  tx = lamb_optax.lamb(1e-2, **engine)
+  state = tx.init(w)
+  g = {"w": jnp.full(16, 0.1, jnp.float32).at[3].set(spike)}
+  u, state = jax.jit(tx.update)(g, state, w)
+  adam = state if isinstance(state, lamb_optax.LambState) else state[1]
+  nu = adam.nu.as_tree()["w"] if isinstance(state, lamb_optax.LambState) else adam.nu["w"]
+  assert np.all(np.isfinite(np.asarray(nu)))
+  if spike == 1e20:
+    np.testing.assert_allclose(float(nu[3]), float(1 - np.float32(0.999)) * 1e40, rtol=1e-5)
+  else:
+    assert float(nu[3]) == float(jnp.finfo(jnp.float32).max)
+  for leaf in jax.tree.leaves((u, state)):
+    assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
+  for _ in range(3):
+    u, state = jax.jit(tx.update)({"w": jnp.full(16, 0.1, jnp.float32)}, state, w)
+  assert float(u["w"][3]) != 0.0 and np.isfinite(float(u["w"][3]))
+
+
+@pytest.mark.parametrize(
+  "bad, message",
+  [
+    ({"b2": 1.0}, r"`b2` must be in the open interval \(0, 1\), got 1.0"),
+    ({"b1": float("nan")}, "`b1` must be a real number, got NaN"),
+    ({"learning_rate": -1.0}, "`learning_rate` must be >= 0, got -1.0"),
+    ({"eps": 0.0}, "`eps` must be > 0 and finite, got 0.0"),
+    ({"weight_decay": -1.0}, "`weight_decay` must be >= 0, got -1.0"),
+  ],
+)
+@every
+def test_checks_run_when_hyperparameters_are_traced(bad, message, engine):
+  """optax.inject_hyperparams hands lamb traced values inside a jitted init: the checks run
+  when that init runs. lamb_optax.inject_hyperparams checks them when it is built."""
+  kwargs = {"learning_rate": 0.1, **bad}
+  static = ("layout", "policy", "fused")
+  tx = optax.inject_hyperparams(lamb_optax.lamb, static_args=static)(**kwargs, **engine)
+  params = {"w": jnp.ones(3)}
+  with pytest.raises(Exception, match=message):
+    jax.block_until_ready(jax.jit(tx.init)(params))
+  with pytest.raises(ValueError, match=message):
+    lamb_optax.inject_hyperparams()(**kwargs, **engine)
+
+
+@pytest.mark.parametrize(
+  "bad, name",
+  [
+    ({"learning_rate": np.inf}, "learning_rate"),
+    ({"learning_rate": [0.1, np.inf]}, "learning_rate"),
+    ({"weight_decay": np.inf}, "weight_decay"),
+    ({"eps": np.inf}, "eps"),
+    ({"eps_root": np.inf}, "eps_root"),
+    ({"min_trust_ratio": np.inf}, "min_trust_ratio"),
+    ({"groups": [{"params": ".", "lr": np.inf}]}, r"groups\[0\]\['lr'\]"),
+  ],
+)
+def test_infinite_hyperparameters_are_rejected(bad, name):
+  kwargs = {"learning_rate": 0.1, **bad}
+  with pytest.raises(ValueError, match=f"`{name}` must (be|hold) (> 0 and )?finite"):
+    lamb_optax.lamb(**kwargs)
+
+
+@every
+def test_an_infinite_max_trust_ratio_means_no_upper_bound(engine):
+  params = {"w": jnp.asarray(np.linspace(1, 2, 8), jnp.float32)}
+  g = {"w": jnp.asarray(np.linspace(-1e-3, 1e-3, 8), jnp.float32)}
+  bounded = lamb_optax.lamb(0.1, max_trust_ratio=np.inf, min_trust_ratio=0.0, **engine)
+  free = lamb_optax.lamb(0.1, **engine)
+  u1, _ = bounded.update(g, bounded.init(params), params)
+  u2, _ = free.update(g, free.init(params), params)
+  np.testing.assert_array_equal(u1["w"], u2["w"])
+
+
+@every
+def test_float64_parameters_keep_float64_hyperparameters(engine):
+  """0.1 in float32 is 0.1 + 1.5e-9: a float64 step must not see that rounding."""
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    w = {"w": jnp.asarray(rng.normal(size=(8, 3)))}
+    g = {"w": jnp.asarray(rng.normal(size=(8, 3)))}
+    tx = lamb_optax.lamb(0.1, weight_decay=0.3, mask=None, **engine)
+    u, _ = jax.jit(tx.update)(g, tx.init(w), w)
+    w64, g64 = np.asarray(w["w"]), np.asarray(g["w"])
+    d = g64 / (np.abs(g64) + 1e-6) + 0.3 * w64
+    expected = -0.1 * np.linalg.norm(w64) / np.linalg.norm(d) * d
+    np.testing.assert_allclose(np.asarray(u["w"]), expected, rtol=1e-12)
+
+
+@every
+def test_complex_gradients_for_real_parameters_are_rejected(engine):
+  params = _problem()
+  g = _grads(params, 0)
+  g["dense"]["kernel"] = g["dense"]["kernel"].astype(jnp.complex64)
+  tx = lamb_optax.lamb(1e-2, **engine)
+  with pytest.raises(TypeError, match="'dense/kernel' is complex64 but the parameter is (float32|real)"):
+    tx.update(g, tx.init(params), params)
+
+
+@every
+@pytest.mark.parametrize("state", ["None", "adam", "dict"])
+def test_a_foreign_state_is_named(state, engine):
+  params = _problem()
+  tx = lamb_optax.lamb(1e-2, **engine)
+  bad = {"None": None, "adam": optax.adam(0.1).init(params), "dict": {"count": 0}}[state]
+  with pytest.raises(TypeError, match="`state` (must be|is not) the state"):
+    tx.update(_grads(params, 0), bad, params)
+
+
+@pytest.mark.parametrize("returned", ["0.1", None, True, 1j])
+@every
+def test_a_schedule_that_returns_no_number_is_named(returned, engine):
+  params = {"w": jnp.ones(3)}
+  for kwargs, name in (
+    ({"learning_rate": lambda c: returned}, "learning_rate"),
+    ({"learning_rate": 0.1, "weight_decay": lambda c: returned}, "weight_decay"),
+  ):
+    tx = lamb_optax.lamb(**kwargs, **engine)
+    with pytest.raises(TypeError, match=f"`{name}` must give a real number"):
+      tx.update(params, tx.init(params), params)
+
+
+def test_helper_arguments_are_named():
+  params = {"w": jnp.ones(4)}
+  tx = lamb_optax.lamb(0.1)
+  with pytest.raises(ValueError, match="`shardings` must have the structure of `params`"):
+    lamb_optax.state_shardings(tx, params, {"v": params["w"].sharding})
+  with pytest.raises(TypeError, match="`shardings` leaf 'w' must be a jax.sharding.Sharding"):
+    lamb_optax.state_shardings(tx, params, {"w": "replicated"})
+  with pytest.raises(ValueError, match="`pattern` '\\(' is not a valid regular expression"):
+    lamb_optax.layer_axes_from_regex("(")
+  with pytest.raises(TypeError, match="`static_args` must be a str or an iterable"):
+    lamb_optax.inject_hyperparams(static_args=5)
+  with pytest.raises(TypeError, match="`static_args` must hold argument names"):
+    lamb_optax.inject_hyperparams(static_args=[1])

@@ -250,4 +250,52 @@ def lamb(
       return jax.tree.unflatten(jax.tree.structure(params), names)
 
     tx = optax.partition(chains, chain_labels)
-  return precision.with_master_weights(tx) if master_weights else tx
+  if not fused:
+    tx = _with_state_check(tx)
+  tx = precision.with_master_weights(tx) if master_weights else tx
+  # Hyperparameters traced by optax.inject_hyperparams inside a jitted init could not be
+  # range-checked above: check them when that init runs.
+  runtime_checks = [
+    (validation.check_open_unit, "b1", b1),
+    (validation.check_open_unit, "b2", b2),
+    (validation.check_positive, "eps", eps),
+    (validation.check_non_negative, "eps_root", eps_root),
+    (validation.check_non_negative, "weight_decay", weight_decay),
+    (validation.check_non_negative, "learning_rate", lr),
+    (validation.check_non_negative, "min_trust_ratio", min_trust_ratio),
+    (_check_max_ratio, "max_trust_ratio", max_trust_ratio),
+  ]
+  runtime_checks = [c for c in runtime_checks if validation.is_traced(c[2])]
+  if not runtime_checks:
+    return tx
+
+  def init_fn(params):
+    validation.check_when_run(runtime_checks)
+    return tx.init(params)
+
+  return type(tx)(init_fn, tx.update)
+
+
+def _with_state_check(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """The chain, with an error that names the problem when ``update`` gets a foreign state."""
+  tx = optax.with_extra_args_support(tx)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is not None:
+      expected = jax.tree.structure(jax.eval_shape(tx.init, params))
+      if jax.tree.structure(state) != expected:
+        raise TypeError(
+          "`state` is not the state this optimizer's `init` makes for these parameters"
+          f" (got {type(state).__name__}). A checkpoint restored without a target is a plain"
+          " dict: restore it against `jax.eval_shape(tx.init, params)`.\n"
+          f"  state: {jax.tree.structure(state)}\n  expected: {expected}"
+        )
+    return tx.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+def _check_max_ratio(name: str, value: Any) -> None:
+  validation.check_non_negative(name, value, allow_inf=True)
+  if value == 0:
+    raise ValueError(f"`{name}` must be > 0, got {value!r}.")

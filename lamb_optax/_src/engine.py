@@ -99,6 +99,7 @@ def check_step(updates: Any, params: Any) -> None:
   transforms._require_params(params, "lamb")
   transforms._check_float_leaves("updates", updates)
   transforms._check_same_structure(updates, params)
+  transforms._check_no_complex_for_real(updates, params)
 
 
 def _unfolded(x: Any, zero: jax.Array) -> jax.Array:
@@ -111,7 +112,7 @@ def _norms(
   items: Sequence[tuple[Callable[..., jax.Array], tuple]],
   shape: tuple[int, ...],
   k: int,
-) -> list[jax.Array]:
+) -> list[tuple[jax.Array, jax.Array]]:
   """Norms over all axes but the first ``k`` of each ``make(*args)``, as the policy says.
 
   Every item makes an array of ``shape``. Items are ``(make, args)`` so that
@@ -121,7 +122,7 @@ def _norms(
   rest = int(np.prod(shape[k:], dtype=np.int64))
   rows = policy.rows(rest)
 
-  def safe() -> list[jax.Array]:
+  def safe() -> list[tuple[jax.Array, jax.Array]]:
     return kernels.safe_norms([f(*a) for f, a in items], k, rows)
 
   quick = policy.quick_sums_from
@@ -131,7 +132,8 @@ def _norms(
   rdt = kernels.sums_dtype(*xs)
   sums = [jnp.sum(kernels.abs_sq(x.astype(kernels.compute_dtype(x.dtype))).astype(rdt)) for x in xs]
   bad = functools.reduce(jnp.logical_or, [jnp.isinf(s) | kernels.too_small(s) for s in sums])
-  return jax.lax.cond(bad, safe, lambda: [jnp.sqrt(s) for s in sums])
+  zero = jnp.zeros((), jnp.int32)
+  return jax.lax.cond(bad, safe, lambda: [(jnp.sqrt(s), zero) for s in sums])
 
 
 def _direction(m, v, w, c1, c2, wd, eps, eps_root, *, decay: bool):
@@ -160,7 +162,9 @@ def solo_step(
   """
   b1, b2, *scalars = scalars
   direction = functools.partial(_direction, decay=decay)
+  rdt = kernels.real_dtype(kernels.compute_dtype(g.dtype))
   m_new, v_new = kernels.moments(g, m, v, b1, b2)
+  m_new, v_new = kernels.saturate(m_new, m.dtype), kernels.saturate(v_new, v.dtype)
   if trust:
     scalars_a = list(scalars)
     if policy.own_scalars:
@@ -172,11 +176,18 @@ def solo_step(
     m_b, v_b, w_b = (
       jax.lax.optimization_barrier((m_new, v_new, w)) if policy.pass2_barrier else (m_new, v_new, w)
     )
-    u, r = kernels.trust_scale(direction(m_b, v_b, w_b, *scalars), w_norm, u_norm, *clip)
+    a, b, r = kernels.trust_factors(w_norm, u_norm, rdt, *clip)
+    expand = lambda x: x.reshape(x.shape + (1,) * (np.ndim(w) - k))  # noqa: E731
+    update = kernels.apply_ratio(direction(m_b, v_b, w_b, *scalars), expand(a), expand(b), lr)
   else:
-    u = direction(m_new, v_new, w, *scalars)
-    r = jnp.ones(np.shape(w)[:k], jnp.float32)
-  return kernels.scale_by_lr(u, lr).astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype), r
+    update = kernels.scale_by_lr(direction(m_new, v_new, w, *scalars), lr)
+    r = jnp.ones(np.shape(w)[:k], rdt)
+  return (
+    update.astype(g.dtype),
+    m_new.astype(m.dtype),
+    v_new.astype(v.dtype),
+    r,
+  )
 
 
 def _zero_after(xs: list[jax.Array]) -> jax.Array:
@@ -250,6 +261,7 @@ def packed_step(
   trust = seg["trust"]
   g = layout_lib.gather(grads, layout, b, cdt, zero)
   m_new, v_new = kernels.moments(g, m, v, b1, b2)
+  m_new, v_new = kernels.saturate(m_new, m.dtype), kernels.saturate(v_new, v.dtype)
   w = layout_lib.gather(weights, layout, b, cdt, zero) if trust.any() or wd is not None else None
 
   def direction(m_, v_):
@@ -258,26 +270,30 @@ def packed_step(
   if trust.any():
     squares = kernels.scaled_squares(w, rdt) + kernels.scaled_squares(direction(m_new, v_new), rdt)
     sums = [layout_lib.segment_sums(s, layout, b) for s in kernels.variadic_sums(squares, (1,))]
-    w_norm, u_norm = kernels.pick_norm(*sums[:3]), kernels.pick_norm(*sums[3:])
+    w_norm, u_norm = kernels.norm_parts(*sums[:3]), kernels.norm_parts(*sums[3:])
     factors = kernels.trust_factors(w_norm, u_norm, rdt, *clip)
     if not trust.all():
       factors = tuple(jnp.where(trust, f, jnp.ones((), rdt)) for f in factors)
-    ratio = factors[0].astype(jnp.float32)
+    a, b_, ratio = factors
     m_b, v_b = (
       jax.lax.optimization_barrier((m_new, v_new)) if policy.pass2_barrier else (m_new, v_new)
     )
-    u = kernels.scale_by_factors(direction(m_b, v_b), *(col(f) for f in factors))
+    u = kernels.apply_ratio(direction(m_b, v_b), col(a), col(b_), col(seg["lr"]))
   else:
-    ratio = jnp.ones(block.segments, jnp.float32)
-    u = direction(m_new, v_new)
-  u = kernels.scale_by_lr(u, col(seg["lr"]))
+    ratio = jnp.ones(block.segments, rdt)
+    u = kernels.scale_by_lr(direction(m_new, v_new), col(seg["lr"]))
   cut = [
     layout_lib.from_rows(u, layout.leaves[i]).astype(grads[i].dtype)
     if layout.leaves[i].seg_rows and layout.leaves[i].nseg
     else jnp.zeros(layout.leaves[i].shape, grads[i].dtype)
     for i in block.members
   ]
-  return _cut(cut, policy.cut_below), m_new.astype(m.dtype), v_new.astype(v.dtype), ratio
+  return (
+    _cut(cut, policy.cut_below),
+    m_new.astype(m.dtype),
+    v_new.astype(v.dtype),
+    ratio,
+  )
 
 
 def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
@@ -338,14 +354,13 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
 
     def ones(b: int) -> jax.Array:
       block = layout.blocks[b]
+      rdt = layout_lib.kernel_dtype(block)[1]  # ratios are kept in the real compute dtype
       if not block.solo:  # as the update's ratios: segment sums of row sums
-        rows = jnp.sum(transforms.zeros_like_sharded(mu[b], jnp.float32), axis=1)
+        rows = jnp.sum(transforms.zeros_like_sharded(mu[b], rdt), axis=1)
         return layout_lib.segment_sums(rows, layout, b) + 1
       p, k = leaves[block.members[0]], layout.leaves[block.members[0]].k
       # computed from p, so that per-layer ratios shard like p's layer axes
-      return (
-        jnp.sum(transforms.zeros_like_sharded(p, jnp.float32), axis=tuple(range(k, p.ndim))) + 1
-      )
+      return jnp.sum(transforms.zeros_like_sharded(p, rdt), axis=tuple(range(k, p.ndim))) + 1
 
     n = len(layout.blocks)
     mu = tuple(map(zeros, range(n)))
@@ -375,10 +390,18 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
       for g, gi in zip(grads, plan.group, strict=True)
     ]
     weights = jax.tree.leaves(params)
-    lrs = [schedules.evaluate(g.learning_rate, state.count) for g in o.groups]
+    # Learning rates and weight decays in the widest real dtype the tree computes in: float64
+    # parameters keep float64 hyperparameters (each block casts to its own).
+    hdt = np.result_type(*[kernels.real_dtype(kernels.compute_dtype(w.dtype)) for w in weights])
+    lrs = [
+      schedules.evaluate(g.learning_rate, state.count, hdt, _name(o, i, "learning_rate"))
+      for i, g in enumerate(o.groups)
+    ]
     wds = [
-      jnp.zeros((), jnp.float32) if nothing else schedules.evaluate(g.weight_decay, state.count)
-      for g, nothing in zip(o.groups, decays_nothing, strict=True)
+      jnp.zeros((), hdt)
+      if nothing
+      else schedules.evaluate(g.weight_decay, state.count, hdt, _name(o, i, "weight_decay"))
+      for i, (g, nothing) in enumerate(zip(o.groups, decays_nothing, strict=True))
     ]
     clip = (o.min_trust_ratio, o.max_trust_ratio)
 
@@ -422,6 +445,13 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _name(o: Options, group: int, what: str) -> str:
+  """How an error names a group's learning rate or weight decay."""
+  if o.labels is None:
+    return what
+  return f"groups[{group}]['{'lr' if what == 'learning_rate' else what}']"
+
+
 def _segment_settings(
   layout: Layout, b: int, plan: _Plan, lrs: list[jax.Array], wds: list[jax.Array]
 ) -> dict[str, Any]:
@@ -437,7 +467,7 @@ def _segment_settings(
       return values[0]
     if (where is None or where.all()) and (group == group[0]).all():
       return values[group[0]]
-    table = jnp.stack([jnp.asarray(x, jnp.float32) for x in values])
+    table = jnp.stack(values)
     picked = table[group]
     return picked if where is None else jnp.where(where, picked, 0)
 

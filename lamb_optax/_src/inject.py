@@ -62,7 +62,24 @@ def inject_hyperparams(
     >>> float(state.hyperparams["learning_rate"])
     0.1
   """
-  names = {static_args} if isinstance(static_args, str) else set(static_args)
+  if not callable(inner_factory):
+    raise TypeError(
+      f"`inner_factory` must be a callable returning an optax transformation, got"
+      f" {type(inner_factory).__name__} {inner_factory!r}."
+    )
+  if isinstance(static_args, str):
+    names = {static_args}
+  else:
+    try:
+      names = set(static_args)
+    except TypeError:
+      raise TypeError(
+        "`static_args` must be a str or an iterable of str (argument names), got"
+        f" {type(static_args).__name__} {static_args!r}."
+      ) from None
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+      raise TypeError(f"`static_args` must hold argument names (str), got {bad[0]!r}.")
   params = inspect.signature(inner_factory).parameters
   names |= {a for a in STRUCTURAL_ARGS if a in params}
   wrapped = optax.inject_hyperparams(
@@ -71,6 +88,9 @@ def inject_hyperparams(
 
   @functools.wraps(inner_factory)
   def factory(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    # The hyperparameters are concrete here: build the optimizer once with them, so every
+    # argument check runs now (inside a jitted init they would be traced, and unchecked).
+    inner_factory(*args, **kwargs)
     tx = wrapped(*args, **kwargs)
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -59,6 +59,8 @@ def _check_table(name: str, arr: np.ndarray) -> None:
     raise ValueError(f"`{name}` must not be an empty sequence.")
   if np.isnan(arr).any():
     raise ValueError(f"`{name}` must not contain NaN; got {arr.tolist()}.")
+  if np.isinf(arr).any():
+    raise ValueError(f"`{name}` must hold finite values; got {arr.tolist()}.")
   if (arr < 0).any():
     bad = [float(x) for x in arr[arr < 0][:5]]
     raise ValueError(f"`{name}` must contain only values >= 0; got negative entries {bad}.")
@@ -121,13 +123,33 @@ def as_schedule(name: str, value: LearningRate) -> Any:
   )
 
 
-def evaluate(value: Any, count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-  """Evaluates a constant or schedule at ``count`` as a 0-d ``dtype`` array."""
+def evaluate(
+  value: Any, count: jax.Array, dtype: Any = jnp.float32, name: str = "learning_rate"
+) -> jax.Array:
+  """Evaluates a constant or schedule at ``count`` as a 0-d ``dtype`` array.
+
+  Raises:
+    TypeError: a schedule (``name`` names it) returned something that is not a real number
+      or 0-d real array (a string, None, a complex or bool value).
+    ValueError: it returned an array of another shape.
+  """
   out = value(count) if callable(value) else value
-  out = jnp.asarray(out)
+  if out is None or isinstance(out, (str, bytes)) or validation.is_bool(out):
+    raise TypeError(
+      f"`{name}` must give a real number, got {type(out).__name__} {out!r} at step {count}."
+    )
+  try:
+    out = jnp.asarray(out)
+  except TypeError as e:
+    raise TypeError(
+      f"`{name}` must give a real number, got {type(out).__name__} {out!r} at step {count}."
+    ) from e
+  if not (jnp.issubdtype(out.dtype, jnp.floating) or jnp.issubdtype(out.dtype, jnp.integer)):
+    raise TypeError(f"`{name}` must give a real number, got dtype {out.dtype} at step {count}.")
   if out.ndim != 0:
     raise ValueError(
-      f"a schedule must return a scalar, got an array of shape {out.shape} at step {count}."
+      f"`{name}`: a schedule must return a scalar, got an array of shape {out.shape} at step"
+      f" {count}."
     )
   return out.astype(dtype)
 

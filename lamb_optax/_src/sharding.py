@@ -45,6 +45,17 @@ def state_shardings(tx: optax.GradientTransformation, params: Any, shardings: An
   """
   if shardings is None:
     shardings = jax.tree.map(lambda p: p.sharding, params)
+  if jax.tree.structure(shardings) != jax.tree.structure(params):
+    raise ValueError(
+      "`shardings` must have the structure of `params` (one sharding per leaf).\n"
+      f"  shardings: {jax.tree.structure(shardings)}\n  params: {jax.tree.structure(params)}"
+    )
+  for path, s in masks_lib.named_leaves(shardings):
+    if not isinstance(s, jax.sharding.Sharding):
+      raise TypeError(
+        f"`shardings` leaf {path or '<root>'!r} must be a jax.sharding.Sharding, got"
+        f" {type(s).__name__} {s!r}."
+      )
   abstract = jax.tree.map(
     lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, shardings
   )
@@ -77,7 +88,10 @@ def layer_axes_from_regex(pattern: str, axes: int = 1) -> Callable[[Any], Any]:
     raise TypeError(f"`pattern` must be a str, got {type(pattern).__name__} {pattern!r}.")
   if isinstance(axes, bool) or not isinstance(axes, int) or axes < 0:
     raise ValueError(f"`axes` must be an int >= 0, got {axes!r}.")
-  compiled = re.compile(pattern)
+  try:
+    compiled = re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"`pattern` {pattern!r} is not a valid regular expression: {e}.") from e
 
   def layer_axes(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(

@@ -39,6 +39,12 @@ def _check_float_leaves(name: str, tree: Any) -> None:
       )
 
 
+def _hyper_dtype(tree: Any) -> np.dtype:
+  """The widest real dtype the leaves of ``tree`` compute in (float64 keeps float64)."""
+  dtypes = [_real_dtype(compute_dtype(x.dtype)) for x in jax.tree.leaves(tree)]
+  return np.result_type(*dtypes) if dtypes else np.dtype(jnp.float32)
+
+
 def _require_params(params: Any, who: str) -> None:
   if params is None:
     raise ValueError(f"{who} needs the current parameters: call `update(updates, state, params)`.")
@@ -71,6 +77,17 @@ def reuse_buffer(old: jax.Array, new: jax.Array) -> jax.Array:
   to ``a``, so this costs nothing at run time.
   """
   return jnp.where(old != old, new, new)
+
+
+def _check_no_complex_for_real(updates: Any, params: Any) -> None:
+  """Raises a TypeError naming the first complex update of a real parameter."""
+  for (path, u), p in zip(masks_lib.named_leaves(updates), jax.tree.leaves(params), strict=True):
+    if jnp.iscomplexobj(u) and not jnp.iscomplexobj(p):
+      raise TypeError(
+        f"`updates` leaf {path or '<root>'!r} is {np.dtype(u.dtype)} but the parameter is"
+        f" {np.dtype(p.dtype)}: a real parameter takes real updates (for a complex loss, take"
+        " the real part of the gradient, or make the parameter complex)."
+      )
 
 
 # ---------------------------------------------------------------------------
@@ -201,7 +218,7 @@ def scale_by_adam(
     >>> g = jnp.array([0.5, -2.0])
     >>> u, state = tx.update(g, tx.init(g))
     >>> u  # the first step is g / (|g| + eps)
-    Array([ 0.999998 , -0.9999995], dtype=float32)
+    Array([ 0.9999979, -0.9999994], dtype=float32)
 
   References:
     Kingma and Ba, `Adam: A Method for Stochastic Optimization
@@ -231,11 +248,21 @@ def scale_by_adam(
     _check_same_structure(updates, state.mu, "the moments (the params at init)")
     count = optax.safe_increment(state.count)
 
+    for (path, g), m in zip(
+      masks_lib.named_leaves(updates), jax.tree.leaves(state.mu), strict=True
+    ):
+      if jnp.iscomplexobj(g) and not jnp.iscomplexobj(m):
+        raise TypeError(
+          f"`updates` leaf {path or '<root>'!r} is {np.dtype(g.dtype)} but the parameter is"
+          " real (its moments are real): a real parameter takes real updates (for a complex"
+          " loss, take the real part of the gradient, or make the parameter complex)."
+        )
+
     def one(g, m, v):
       m_new, v_new = kernels.moments(g, m, v, b1, b2)
       c1, c2 = kernels.corrections(count, b1, b2, kernels.real_dtype(m_new.dtype))
       u = kernels.direction(m_new, v_new, c1, c2, eps, eps_root)
-      return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
+      return u.astype(g.dtype), kernels.store(m_new, m.dtype), kernels.store(v_new, v.dtype)
 
     out = jax.tree.map(one, updates, state.mu, state.nu)
     tree_def = jax.tree.structure(updates)
@@ -301,11 +328,12 @@ def add_decayed_weights(
   def update_fn(updates, state, params=None):
     _require_params(params, "add_decayed_weights")
     _check_same_structure(updates, params)
+    _check_no_complex_for_real(updates, params)
     count = optax.safe_increment(state.count)
     if decays_nothing:
       return updates, AddDecayedWeightsState(count=count)
     flags = masks_lib.resolve("mask", mask, params)
-    wd = schedules.evaluate(weight_decay, state.count)
+    wd = schedules.evaluate(weight_decay, state.count, _hyper_dtype(updates), "weight_decay")
 
     def one(flag, u, w):
       if not flag:
@@ -425,7 +453,10 @@ def scale_by_trust_ratio(
     # 1 per leaf (per layer), computed from p so that a per-layer ratio of a
     # leaf sharded along its layer axis starts sharded as the update leaves it.
     leaves = [
-      jnp.sum(zeros_like_sharded(p, jnp.float32), axis=tuple(range(k, np.ndim(p)))) + 1
+      jnp.sum(
+        zeros_like_sharded(p, _real_dtype(compute_dtype(p.dtype))), axis=tuple(range(k, np.ndim(p)))
+      )
+      + 1
       for p, k in zip(jax.tree.leaves(params), axes, strict=True)
     ]
     return ScaleByTrustRatioState(ratios=jax.tree.unflatten(jax.tree.structure(params), leaves))
@@ -433,6 +464,7 @@ def scale_by_trust_ratio(
   def update_fn(updates, state, params=None):
     _require_params(params, "scale_by_trust_ratio")
     _check_same_structure(updates, params)
+    _check_no_complex_for_real(updates, params)
     flags = masks_lib.resolve(_TR_MASK, mask, params)
     axes = resolve_layer_axes(layer_axes, params)
     new_u, ratios = [], []
@@ -441,7 +473,7 @@ def scale_by_trust_ratio(
     ):
       if not flag:
         new_u.append(u)
-        ratios.append(jnp.ones(u.shape[:k], jnp.float32))
+        ratios.append(jnp.ones(u.shape[:k], _real_dtype(compute_dtype(w.dtype))))
         continue
       w_norm, u_norm = kernels.safe_norms([w, u], k)
       scaled, r = kernels.trust_scale(u, w_norm, u_norm, min_ratio, max_ratio)
@@ -510,7 +542,7 @@ def scale_by_learning_rate(learning_rate: schedules.LearningRate) -> optax.Gradi
 
   def update_fn(updates, state, params=None):
     del params
-    step_size = schedules.evaluate(lr, state.count)
+    step_size = schedules.evaluate(lr, state.count, _hyper_dtype(updates), "learning_rate")
 
     def one(u):
       return kernels.scale_by_lr(u.astype(compute_dtype(u.dtype)), step_size).astype(u.dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -82,17 +83,19 @@ def check_open_unit(name: str, value: Any) -> None:
 
 
 def check_positive(name: str, value: Any) -> None:
-  """Checks ``value > 0`` (for eps)."""
+  """Checks ``0 < value < inf`` (for eps)."""
   concrete = check_real(name, value)
-  if concrete is not None and not concrete > 0.0:
-    raise ValueError(f"`{name}` must be > 0, got {value!r}.")
+  if concrete is not None and not 0.0 < concrete < math.inf:
+    raise ValueError(f"`{name}` must be > 0 and finite, got {value!r}.")
 
 
-def check_non_negative(name: str, value: Any) -> None:
-  """Checks ``value >= 0`` and finite-or-inf (for weight decay, eps_root)."""
+def check_non_negative(name: str, value: Any, *, allow_inf: bool = False) -> None:
+  """Checks ``value >= 0`` and, unless ``allow_inf``, finite (for weight decay, eps_root, lr)."""
   concrete = check_real(name, value)
   if concrete is not None and not concrete >= 0.0:
     raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+  if concrete is not None and concrete == math.inf and not allow_inf:
+    raise ValueError(f"`{name}` must be finite, got {value!r}.")
 
 
 def check_bool(name: str, value: Any) -> None:
@@ -120,7 +123,8 @@ def check_optional_ratio_bounds(min_ratio: Any, max_ratio: Any) -> None:
     check_non_negative("min_trust_ratio", min_ratio)
     lo = concrete_float(min_ratio)
   if max_ratio is not None:
-    check_non_negative("max_trust_ratio", max_ratio)
+    # inf is a meaningful upper bound: no clipping from above.
+    check_non_negative("max_trust_ratio", max_ratio, allow_inf=True)
     hi = concrete_float(max_ratio)
     if hi is not None and hi == 0.0:
       raise ValueError(f"`max_trust_ratio` must be > 0, got {max_ratio!r}.")
@@ -141,3 +145,22 @@ def check_dtype(name: str, value: Any) -> np.dtype | None:
   if not jax.dtypes.issubdtype(dtype, np.inexact):
     raise TypeError(f"`{name}` must be a floating or complex dtype, got {value!r}.")
   return dtype
+
+
+def is_traced(value: Any) -> bool:
+  """Whether ``value`` is a number known only when a jitted computation runs."""
+  return isinstance(value, jax.core.Tracer)
+
+
+def check_when_run(checks: list[tuple[Callable[[str, Any], Any], str, Any]]) -> None:
+  """Runs each ``check(name, value)`` whose value is traced when the computation executes.
+
+  ``optax.inject_hyperparams`` hands hyperparameters to the optimizer's factory as traced
+  arrays inside a jitted ``init``, where no range check can run when the optimizer is
+  built. ``jax.debug.callback`` runs the same check on the value once it exists; a bad value
+  stops the computation with the check's error (naming the argument and the value) inside
+  JAX's runtime error.
+  """
+  for check, name, value in checks:
+    if is_traced(value):
+      jax.debug.callback(lambda x, check=check, name=name: check(name, float(np.asarray(x))), value)
