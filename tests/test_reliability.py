@@ -483,7 +483,8 @@ def test_complex_gradients_for_real_parameters_are_rejected(engine):
   g = _grads(params, 0)
   g["dense"]["kernel"] = g["dense"]["kernel"].astype(jnp.complex64)
   tx = lamb_optax.lamb(1e-2, **engine)
-  with pytest.raises(TypeError, match="'dense/kernel' is complex64 but the parameter is (float32|real)"):
+  match = "'dense/kernel' is complex64 but the parameter is (float32|real)"
+  with pytest.raises(TypeError, match=match):
     tx.update(g, tx.init(params), params)
 
 
