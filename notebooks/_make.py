@@ -156,18 +156,31 @@ def step(params, state, x, y):
     return optax.apply_updates(params, updates), state, loss
 
 rng = np.random.default_rng(0)
+history = []   # each group's learning rate and weight decay, read from the state
 for _ in range(steps):
+    history.append(lamb_optax.group_hyperparams(state))   # what this step uses
     idx = rng.choice(len(x_tr), 128, replace=False)
     params, state, loss = step(params, state, jnp.asarray(x_tr[idx]), jnp.asarray(y_tr[idx]))
 acc = np.mean(np.asarray(model.apply({"params": params}, jnp.asarray(x_te)).argmax(-1)) == y_te)
-print(f"test accuracy: {acc:.3f}")"""
+print(f"test accuracy: {acc:.3f}")
+lamb_optax.group_hyperparams(state)   # MindSpore's get_lr_parameter: the next step's values"""
+    ),
+    new_markdown_cell(
+      "Each group's current learning rate and weight decay are part of the state (two"
+      " scalars per group), so `lamb_optax.group_hyperparams(state)` reads them at any point,"
+      " also inside a jitted step, without evaluating a schedule by hand."
     ),
     new_code_cell(
-      """t = np.arange(steps + 20)
-plt.plot(t, np.full(t.shape, 0.01), label="group 0: conv (fixed lr, wd 0.01, centralized)")
-plt.plot(t, [float(poly_decay_lr(s)) for s in t], label="group 1: rest (PolynomialDecayLR)")
-plt.xlabel("step"); plt.ylabel("learning rate"); plt.legend(); plt.title("per-group learning rates")
-plt.show()"""
+      """fig, (ax_lr, ax_wd) = plt.subplots(1, 2, figsize=(10, 3.5))
+names = {0: "group 0: conv (fixed lr, wd 0.01, centralized)",
+         1: "group 1: rest (PolynomialDecayLR, wd 0)"}
+for g, name in names.items():
+    ax_lr.plot([float(h[g]["learning_rate"]) for h in history], label=name)
+    ax_wd.plot([float(h[g]["weight_decay"]) for h in history], label=name)
+ax_lr.set(xlabel="step", ylabel="learning rate", title="per-group learning rates")
+ax_wd.set(xlabel="step", ylabel="weight decay", title="per-group weight decay")
+ax_lr.legend()
+plt.tight_layout(); plt.show()"""
     ),
   ]
 

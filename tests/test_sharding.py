@@ -62,6 +62,16 @@ def _optimizers():
     "plain": lambda: lamb_optax.lamb(0.05, weight_decay=0.01),
     "stacked": lambda: lamb_optax.lamb(0.05, weight_decay=0.01, layer_axes=layer_axes),
     "grouped": lambda: lamb_optax.lamb(0.05, groups=GROUPS, layer_axes=layer_axes),
+    "peer_options": lambda: lamb_optax.lamb(
+      0.05,
+      groups=GROUPS,
+      layer_axes=layer_axes,
+      bias_correction=False,
+      grad_averaging=False,
+      decoupled_decay=True,
+      trust_ratio_mask="decay",
+      mu_dtype=jnp.bfloat16,
+    ),
   }
 
 

@@ -19,17 +19,47 @@ def _chain(
   o: engine.Options, group: engine.GroupOptions, mask: masks_lib.MaskOrFn
 ) -> optax.GradientTransformation:
   """The chain of public blocks for one group: ``lamb(..., fused=False)``, the reference."""
+  trust_mask = o.trust_ratio_mask
+  if isinstance(trust_mask, str) and trust_mask == "decay":
+    # The ratio applies exactly where the decay does: nowhere in a group that decays nothing.
+    if schedules.is_positive_constant(group.weight_decay) is False:
+      trust_mask = _nowhere
+    else:
+      trust_mask = mask
+  trust_and_lr = [
+    transforms.scale_by_trust_ratio(
+      o.min_trust_ratio, o.max_trust_ratio, trust_mask, layer_axes=o.layer_axes
+    ),
+    transforms.scale_by_learning_rate(group.learning_rate),
+  ]
+  if o.decoupled_decay:
+    tail = [
+      transforms.with_decoupled_weight_decay(
+        optax.chain(*trust_and_lr), group.learning_rate, group.weight_decay, mask
+      )
+    ]
+  else:
+    tail = [transforms.add_decayed_weights(group.weight_decay, mask), *trust_and_lr]
   return optax.chain(
     transforms.centralize_gradients(o.centralize_out_axis)
     if group.centralize
     else optax.identity(),
-    transforms.scale_by_adam(o.b1, o.b2, o.eps, o.eps_root, o.moment_dtype),
-    transforms.add_decayed_weights(group.weight_decay, mask),
-    transforms.scale_by_trust_ratio(
-      o.min_trust_ratio, o.max_trust_ratio, o.trust_ratio_mask, layer_axes=o.layer_axes
+    transforms.scale_by_adam(
+      o.b1,
+      o.b2,
+      o.eps,
+      o.eps_root,
+      o.moment_dtype,
+      bias_correction=o.bias_correction,
+      grad_averaging=o.grad_averaging,
+      mu_dtype=o.mu_dtype,
     ),
-    transforms.scale_by_learning_rate(group.learning_rate),
+    *tail,
   )
+
+
+def _nowhere(params: Any) -> Any:
+  return jax.tree.map(lambda _: False, params)
 
 
 def lamb(
@@ -46,6 +76,10 @@ def lamb(
   min_trust_ratio: Optional[jax.typing.ArrayLike] = None,
   max_trust_ratio: Optional[jax.typing.ArrayLike] = None,
   moment_dtype: Optional[Any] = None,
+  mu_dtype: Optional[Any] = None,
+  bias_correction: bool = True,
+  grad_averaging: bool = True,
+  decoupled_decay: bool = False,
   layer_axes: transforms.LayerAxes = None,
   centralize_out_axis: Optional[int] = None,
   master_weights: bool = False,
@@ -107,11 +141,25 @@ def lamb(
       XLA schedules the fused update itself). Every leaf must be in exactly
       one group.
     trust_ratio_mask: where False the trust ratio is not applied (r = 1), as
-      TF-Addons' ``exclude_from_layer_adaptation``; None applies it everywhere.
+      TF-Addons' ``exclude_from_layer_adaptation``; None applies it everywhere;
+      ``"decay"`` applies it exactly where weight decay applies (the decay
+      mask; with groups, the leaves of groups whose weight decay is not a
+      constant 0): timm's default ``always_adapt=False``, apex without
+      ``use_nvlamb``, TF-Addons' default exclusions. Other forms as ``mask``.
     min_trust_ratio: lower bound for r, or None (no clipping).
     max_trust_ratio: upper bound for r, or None (no clipping).
     moment_dtype: storage dtype of m and v; None stores float32 for
       bfloat16/float16 parameters and the parameter dtype otherwise.
+    mu_dtype: storage dtype of the first moment m only (``optax.adam``'s
+      ``mu_dtype``); None: as ``moment_dtype``.
+    bias_correction: False drops Adam's bias corrections (``c1 = c2 = 1``):
+      timm's, apex's and DeepSpeed's ``bias_correction=False``.
+    grad_averaging: False accumulates ``m = b1 m + g`` (apex's and timm's
+      ``grad_averaging=False``).
+    decoupled_decay: True shrinks each decayed weight by ``lr wd w`` outside
+      the trust ratio: ``w' = (1 - lr wd) w - lr r u`` with ``u`` the direction
+      without the decay term and ``r = ||(1 - lr wd) w|| / ||u||`` (timm's
+      ``decoupled_decay=True``; Keras 3's ``Lamb(weight_decay=...)``).
     layer_axes: leading axes of a leaf that index independent (stacked,
       scanned) layers: an int, an int pytree or ``params -> int pytree``; each
       layer gets its own trust ratio. None: one ratio per leaf.
@@ -183,9 +231,14 @@ def lamb(
   validation.check_non_negative("eps_root", eps_root)
   validation.check_scalar_or_schedule("weight_decay", weight_decay)
   masks_lib.check_mask("mask", mask)
-  masks_lib.check_mask("trust_ratio_mask", trust_ratio_mask)
+  if not (isinstance(trust_ratio_mask, str) and trust_ratio_mask == "decay"):
+    masks_lib.check_mask("trust_ratio_mask", trust_ratio_mask)
   validation.check_optional_ratio_bounds(min_trust_ratio, max_trust_ratio)
   validation.check_dtype("moment_dtype", moment_dtype)
+  validation.check_dtype("mu_dtype", mu_dtype)
+  validation.check_bool("bias_correction", bias_correction)
+  validation.check_bool("grad_averaging", grad_averaging)
+  validation.check_bool("decoupled_decay", decoupled_decay)
   if centralize_out_axis is None:
     centralize_out_axis = -1
   elif isinstance(centralize_out_axis, bool) or not isinstance(centralize_out_axis, int):
@@ -233,6 +286,10 @@ def lamb(
     min_trust_ratio=min_trust_ratio,
     max_trust_ratio=max_trust_ratio,
     moment_dtype=moment_dtype,
+    mu_dtype=mu_dtype,
+    bias_correction=bias_correction,
+    grad_averaging=grad_averaging,
+    decoupled_decay=decoupled_decay,
     layer_axes=layer_axes,
     centralize_out_axis=centralize_out_axis,
     layout=layout,

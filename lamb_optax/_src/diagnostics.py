@@ -79,3 +79,59 @@ def trust_ratios(opt_state: optax.OptState) -> Any:
     owned = [x for x in column if not _is_masked(x)]
     merged.append(owned[0] if owned else optax.MaskedNode())
   return jax.tree.unflatten(tree_def, merged)
+
+
+def _find_lamb_states(state: Any, found: list[LambState]) -> None:
+  if isinstance(state, LambState):
+    found.append(state)
+  elif isinstance(state, dict):
+    for key in sorted(state, key=str):
+      _find_lamb_states(state[key], found)
+  elif isinstance(state, (tuple, list)):  # NamedTuples included
+    for child in state:
+      _find_lamb_states(child, found)
+
+
+def group_hyperparams(opt_state: optax.OptState) -> dict[int, dict[str, jax.Array]]:
+  """Each parameter group's current learning rate and weight decay.
+
+  MindSpore's ``get_lr_parameter``: the values the next update will use (at
+  step ``count``, 0-based), keyed by the group's index in ``lamb(groups=...)``
+  (0 alone without groups), each ``{"learning_rate": lr, "weight_decay": wd}``
+  as 0-d arrays. A group whose weight decay is a constant 0 reads 0. They are
+  part of the state (two scalars per group), so they are read without
+  evaluating any schedule and work under ``jax.jit``, through ``optax.chain``,
+  ``optax.inject_hyperparams``, ``optax.MultiSteps`` and
+  :func:`lamb_optax.with_master_weights`. ``lamb(..., fused=False)`` (the chain
+  of blocks) does not keep them.
+
+  Args:
+    opt_state: the state of an optimizer built with :func:`lamb_optax.lamb`.
+
+  Returns:
+    ``{group index: {"learning_rate": lr, "weight_decay": wd}}``.
+
+  Raises:
+    ValueError: if the state holds no state of ``lamb``'s engine, or more than one.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> import lamb_optax
+    >>> params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+    >>> tx = lamb_optax.lamb(0.1, groups=[
+    ...     {"params": "kernel", "lr": optax.linear_schedule(0.1, 0.0, 10), "weight_decay": 0.01},
+    ...     {"params": "bias", "weight_decay": 0.0}])
+    >>> state = tx.init(params)
+    >>> _, state = tx.update(params, state, params)
+    >>> {i: round(float(h["learning_rate"]), 3) for i, h in
+    ...  lamb_optax.group_hyperparams(state).items()}
+    {0: 0.09, 1: 0.1}
+  """
+  found: list[LambState] = []
+  _find_lamb_states(opt_state, found)
+  if len(found) != 1:
+    raise ValueError(
+      "`opt_state` must hold exactly one state of lamb_optax.lamb's engine, found"
+      f" {len(found)} (lamb(..., fused=False) keeps no per-group hyperparameters)."
+    )
+  return {i: dict(h) for i, h in enumerate(found[0].group_hyperparams)}

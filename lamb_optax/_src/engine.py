@@ -52,9 +52,14 @@ class LambState(NamedTuple):
   """
 
   count: jax.Array  # shape=(), dtype=int32: steps taken.
-  mu: Moments  # per block; dtype moment_dtype: the first moment m.
+  mu: Moments  # per block; dtype mu_dtype (default moment_dtype): the first moment m.
   nu: Moments  # per block; dtype moment_dtype: the second moment v.
-  ratios: TrustRatios  # per block, float32: the trust ratios of the last step (1 before any).
+  # per block, in the real compute dtype: the trust ratios of the last step (1 before any).
+  ratios: TrustRatios
+  # one dict per group, {"learning_rate": lr, "weight_decay": wd} (0-d, the widest real
+  # compute dtype of the params): the values the next update uses. Read with
+  # lamb_optax.group_hyperparams.
+  group_hyperparams: tuple[dict[str, jax.Array], ...]
 
 
 class GroupOptions(NamedTuple):
@@ -79,6 +84,10 @@ class Options(NamedTuple):
   min_trust_ratio: Any
   max_trust_ratio: Any
   moment_dtype: Any
+  mu_dtype: Any  # None: moment_dtype's rule
+  bias_correction: bool
+  grad_averaging: bool
+  decoupled_decay: bool
   layer_axes: Any
   centralize_out_axis: int
   layout: str  # "auto", "per_leaf" or "packed"
@@ -153,17 +162,21 @@ def solo_step(
   trust: bool,
   k: int,
   clip: tuple[Any, Any],
+  decoupled: bool = False,
+  grad_averaging: bool = True,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """One leaf's step in its own shape: ``(update, m', v', ratios)``, in the stored dtypes.
 
   ``scalars`` is ``(b1, b2, c1, c2, wd, eps, eps_root)`` with ``c1, c2`` the
   bias corrections; ``decay``, ``trust`` and ``k`` the leaf's decay flag,
-  trust-ratio flag and layer axes.
+  trust-ratio flag and layer axes. ``decoupled``: a decayed leaf is shrunk by
+  ``lr wd w`` outside the trust ratio, whose ``||w||`` is the shrunk weight's.
   """
   b1, b2, *scalars = scalars
-  direction = functools.partial(_direction, decay=decay)
+  shrink = decay and decoupled
+  direction = functools.partial(_direction, decay=decay and not decoupled)
   rdt = kernels.real_dtype(kernels.compute_dtype(g.dtype))
-  m_new, v_new = kernels.moments(g, m, v, b1, b2)
+  m_new, v_new = kernels.moments(g, m, v, b1, b2, grad_averaging)
   m_new, v_new = kernels.saturate(m_new, m.dtype), kernels.saturate(v_new, v.dtype)
   if trust:
     scalars_a = list(scalars)
@@ -173,6 +186,8 @@ def solo_step(
       scalars_a = [_unfolded(x, zero) for x in scalars]
     items = [(lambda w: w, (w,)), (direction, (m_new, v_new, w, *scalars_a))]
     w_norm, u_norm = _norms(policy, items, np.shape(w), k)
+    if shrink:
+      w_norm = kernels.shrunk_norm(w_norm, lr, scalars[2])
     m_b, v_b, w_b = (
       jax.lax.optimization_barrier((m_new, v_new, w)) if policy.pass2_barrier else (m_new, v_new, w)
     )
@@ -182,6 +197,8 @@ def solo_step(
   else:
     update = kernels.scale_by_lr(direction(m_new, v_new, w, *scalars), lr)
     r = jnp.ones(np.shape(w)[:k], rdt)
+  if shrink:
+    update = kernels.subtract_decay(update, w, lr, scalars[2])
   return (
     update.astype(g.dtype),
     m_new.astype(m.dtype),
@@ -246,31 +263,38 @@ def packed_step(
   seg: dict[str, Any],
   zero: jax.Array,
   clip: tuple[Any, Any],
+  decoupled: bool = False,
+  grad_averaging: bool = True,
 ) -> tuple[list[jax.Array], jax.Array, jax.Array, jax.Array]:
   """One packed bucket's step: ``(updates of its leaves, m', v', ratios)``.
 
   ``seg`` holds the bucket's per-segment settings: ``lr`` and ``wd`` (arrays,
   or scalars when every segment shares them; ``wd`` None when nothing
-  decays) and ``trust`` (a static bool vector).
+  decays) and ``trust`` (a static bool vector). ``decoupled`` as in
+  :func:`solo_step`.
   """
   block = layout.blocks[b]
   b1, b2, c1, c2, eps, eps_root = scalars
   cdt, rdt = layout_lib.kernel_dtype(block)
   col = lambda x: layout_lib.per_row(x, layout, b) if np.ndim(x) else x  # noqa: E731
   wd = None if seg["wd"] is None else col(seg["wd"])
+  shrink = wd is not None and decoupled
   trust = seg["trust"]
   g = layout_lib.gather(grads, layout, b, cdt, zero)
-  m_new, v_new = kernels.moments(g, m, v, b1, b2)
+  m_new, v_new = kernels.moments(g, m, v, b1, b2, grad_averaging)
   m_new, v_new = kernels.saturate(m_new, m.dtype), kernels.saturate(v_new, v.dtype)
   w = layout_lib.gather(weights, layout, b, cdt, zero) if trust.any() or wd is not None else None
+  in_direction = wd is not None and not decoupled
 
   def direction(m_, v_):
-    return kernels.direction(m_, v_, c1, c2, eps, eps_root, *((w, wd) if wd is not None else ()))
+    return kernels.direction(m_, v_, c1, c2, eps, eps_root, *((w, wd) if in_direction else ()))
 
   if trust.any():
     squares = kernels.scaled_squares(w, rdt) + kernels.scaled_squares(direction(m_new, v_new), rdt)
     sums = [layout_lib.segment_sums(s, layout, b) for s in kernels.variadic_sums(squares, (1,))]
     w_norm, u_norm = kernels.norm_parts(*sums[:3]), kernels.norm_parts(*sums[3:])
+    if shrink:
+      w_norm = kernels.shrunk_norm(w_norm, seg["lr"], seg["wd"])
     factors = kernels.trust_factors(w_norm, u_norm, rdt, *clip)
     if not trust.all():
       factors = tuple(jnp.where(trust, f, jnp.ones((), rdt)) for f in factors)
@@ -282,6 +306,8 @@ def packed_step(
   else:
     ratio = jnp.ones(block.segments, rdt)
     u = kernels.scale_by_lr(direction(m_new, v_new), col(seg["lr"]))
+  if shrink:
+    u = kernels.subtract_decay(u, w, col(seg["lr"]), wd)
   cut = [
     layout_lib.from_rows(u, layout.leaves[i]).astype(grads[i].dtype)
     if layout.leaves[i].seg_rows and layout.leaves[i].nseg
@@ -300,8 +326,9 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
   """The LAMB transformation for checked options (``lamb`` builds them)."""
   decays_nothing = [schedules.is_positive_constant(g.weight_decay) is False for g in o.groups]
 
-  def moment_dtype(dtype: Any) -> np.dtype:
-    return transforms.default_moment_dtype(dtype, o.moment_dtype)
+  def moment_dtypes(dtype: Any) -> tuple[np.dtype, np.dtype]:
+    nu = transforms.default_moment_dtype(dtype, o.moment_dtype)
+    return (nu if o.mu_dtype is None else np.dtype(o.mu_dtype)), nu
 
   def describe(params: Any) -> tuple[tuple[str, ...], tuple, tuple]:
     named = masks_lib.named_leaves(params)
@@ -319,7 +346,7 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
       shapes,
       dtypes,
       tuple(transforms.resolve_layer_axes(o.layer_axes, params)),
-      tuple(moment_dtype(d) for d in dtypes),
+      tuple(moment_dtypes(d) for d in dtypes),
       o.layout,
     )
 
@@ -328,29 +355,52 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
     group = o.labels(params) if o.labels is not None else [0] * n
     mask = masks_lib.resolve("mask", o.mask, params)
     decay = [f and not decays_nothing[gi] for f, gi in zip(mask, group, strict=True)]
-    trust = masks_lib.resolve(transforms._TR_MASK, o.trust_ratio_mask, params)
+    if isinstance(o.trust_ratio_mask, str) and o.trust_ratio_mask == "decay":
+      trust = list(decay)  # the ratio applies exactly where weight decay does
+    else:
+      trust = masks_lib.resolve(transforms._TR_MASK, o.trust_ratio_mask, params)
     return _Plan(group, decay, trust, transforms.resolve_layer_axes(o.layer_axes, params))
+
+  def hyper_dtype(weights: list[Any]) -> np.dtype:
+    # Learning rates and weight decays in the widest real dtype the tree computes in: float64
+    # parameters keep float64 hyperparameters (each block casts to its own).
+    return np.result_type(*[kernels.real_dtype(kernels.compute_dtype(w.dtype)) for w in weights])
+
+  def hyperparams_at(count: jax.Array, hdt: np.dtype) -> tuple[dict[str, jax.Array], ...]:
+    """Each group's learning rate and weight decay at step ``count`` (0-based)."""
+    return tuple(
+      {
+        "learning_rate": schedules.evaluate(
+          g.learning_rate, count, hdt, _name(o, i, "learning_rate")
+        ),
+        "weight_decay": jnp.zeros((), hdt)
+        if nothing
+        else schedules.evaluate(g.weight_decay, count, hdt, _name(o, i, "weight_decay")),
+      }
+      for i, (g, nothing) in enumerate(zip(o.groups, decays_nothing, strict=True))
+    )
 
   def init_fn(params):
     if not jax.tree.leaves(params):
       if params is None or isinstance(params, (dict, list, tuple)):
         raise ValueError(f"`params` has no array leaves: {params!r}.")
       # An empty custom node is optax.tree.map_params' probe: say where params-like values are.
-      return LambState(jnp.zeros([], jnp.int32), params, params, params)
+      return LambState(jnp.zeros([], jnp.int32), params, params, params, ())
     transforms._check_float_leaves("params", params)
     plan_of(params)  # a bad mask, layer_axes or group fails here, before any step
     layout_lib.register_with_flax()
     layout = layout_of(params)
     leaves = jax.tree.leaves(params)
 
-    def zeros(b: int) -> jax.Array:
+    def zeros(b: int, which: str) -> jax.Array:
       # Computed from the parameters, so that XLA places them where the parameters are: a
       # solo block sharded like its parameter, a packed one as the update's gathers place it.
       block = layout.blocks[b]
+      dtype = block.mu_dtype if which == "mu" else block.nu_dtype
       if block.solo:
-        return transforms.zeros_like_sharded(leaves[block.members[0]], block.moment_dtype)
+        return transforms.zeros_like_sharded(leaves[block.members[0]], dtype)
       packed = layout_lib.gather(leaves, layout, b, block.param_dtype)
-      return transforms.zeros_like_sharded(packed, block.moment_dtype)
+      return transforms.zeros_like_sharded(packed, dtype)
 
     def ones(b: int) -> jax.Array:
       block = layout.blocks[b]
@@ -363,12 +413,14 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
       return jnp.sum(transforms.zeros_like_sharded(p, rdt), axis=tuple(range(k, p.ndim))) + 1
 
     n = len(layout.blocks)
-    mu = tuple(map(zeros, range(n)))
+    mu = tuple(zeros(b, "mu") for b in range(n))
+    count = jnp.zeros([], jnp.int32)
     return LambState(
-      count=jnp.zeros([], jnp.int32),
+      count=count,
       mu=Moments(mu, layout),
-      nu=Moments(tuple(map(zeros, range(n))), layout),
+      nu=Moments(tuple(zeros(b, "nu") for b in range(n)), layout),
       ratios=TrustRatios(tuple(map(ones, range(n))), layout),
+      group_hyperparams=hyperparams_at(count, hyper_dtype(leaves)),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -390,19 +442,10 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
       for g, gi in zip(grads, plan.group, strict=True)
     ]
     weights = jax.tree.leaves(params)
-    # Learning rates and weight decays in the widest real dtype the tree computes in: float64
-    # parameters keep float64 hyperparameters (each block casts to its own).
-    hdt = np.result_type(*[kernels.real_dtype(kernels.compute_dtype(w.dtype)) for w in weights])
-    lrs = [
-      schedules.evaluate(g.learning_rate, state.count, hdt, _name(o, i, "learning_rate"))
-      for i, g in enumerate(o.groups)
-    ]
-    wds = [
-      jnp.zeros((), hdt)
-      if nothing
-      else schedules.evaluate(g.weight_decay, state.count, hdt, _name(o, i, "weight_decay"))
-      for i, (g, nothing) in enumerate(zip(o.groups, decays_nothing, strict=True))
-    ]
+    hdt = hyper_dtype(weights)
+    now = hyperparams_at(state.count, hdt)
+    lrs = [h["learning_rate"] for h in now]
+    wds = [h["weight_decay"] for h in now]
     clip = (o.min_trust_ratio, o.max_trust_ratio)
 
     def run(policy: policy_lib.Policy):
@@ -411,7 +454,7 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
       zero = jnp.zeros((), jnp.float32)
       for b, block in enumerate(layout.blocks):
         rdt = layout_lib.kernel_dtype(block)[1]
-        c1, c2 = kernels.corrections(count, o.b1, o.b2, rdt)
+        c1, c2 = kernels.corrections(count, o.b1, o.b2, rdt, o.bias_correction)
         if block.solo:
           i = block.members[0]
           gi = plan.group[i]
@@ -419,12 +462,14 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
           outs[i], m_new, v_new, r = solo_step(
             policy, grads[i], state.mu.values[b], state.nu.values[b], weights[i], scalars,
             lrs[gi], decay=plan.decay[i], trust=plan.trust[i], k=plan.axes[i], clip=clip,
+            decoupled=o.decoupled_decay, grad_averaging=o.grad_averaging,
           )  # fmt: skip
         else:
           seg = _segment_settings(layout, b, plan, lrs, wds)
           cut, m_new, v_new, r = packed_step(
             policy, layout, b, grads, weights, state.mu.values[b], state.nu.values[b],
             (o.b1, o.b2, c1, c2, o.eps, o.eps_root), seg, zero, clip,
+            o.decoupled_decay, o.grad_averaging,
           )  # fmt: skip
           for i, out in zip(block.members, cut, strict=True):
             outs[i] = out
@@ -437,8 +482,11 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
 
     outs, mu, nu, ratios = policy_lib.per_platform(run, o.policy, (updates, state, params))
     # The layout made at init stays: a state keeps one structure (scan carries, nnx).
+    upcoming = jax.tree.map(
+      transforms.reuse_buffer, state.group_hyperparams, hyperparams_at(count, hdt)
+    )
     new_state = LambState(
-      count, Moments(mu, layout), Moments(nu, layout), TrustRatios(ratios, layout)
+      count, Moments(mu, layout), Moments(nu, layout), TrustRatios(ratios, layout), upcoming
     )
     return jax.tree.unflatten(jax.tree.structure(updates), outs), new_state
 

@@ -84,15 +84,22 @@ def decay_constants(b: Any, count: jax.Array, rdt: Any) -> tuple[jax.Array, jax.
   return b_, one_minus_b, -jnp.expm1(count.astype(rdt) * jnp.log1p(-one_minus_b))
 
 
-def corrections(count: jax.Array, b1: Any, b2: Any, rdt: Any) -> tuple[jax.Array, jax.Array]:
-  """Adam's bias corrections ``1 - b1**count`` and ``1 - b2**count`` in ``rdt``."""
+def corrections(
+  count: jax.Array, b1: Any, b2: Any, rdt: Any, bias_correction: bool = True
+) -> tuple[jax.Array, jax.Array]:
+  """Adam's bias corrections ``1 - b1**count`` and ``1 - b2**count`` in ``rdt`` (or 1 and 1)."""
+  if not bias_correction:
+    one = jnp.ones((), rdt)
+    return one, one
   return decay_constants(b1, count, rdt)[2], decay_constants(b2, count, rdt)[2]
 
 
 def moments(
-  g: jax.Array, m: jax.Array, v: jax.Array, b1: Any, b2: Any
+  g: jax.Array, m: jax.Array, v: jax.Array, b1: Any, b2: Any, grad_averaging: bool = True
 ) -> tuple[jax.Array, jax.Array]:
   """``m' = b1 m + (1-b1) g``, ``v' = b2 v + (1-b2) |g|^2`` in :func:`compute_dtype` of ``g``.
+
+  ``grad_averaging=False``: ``m' = b1 m + g`` (apex's and timm's option).
 
   ``(1-b2) |g|^2`` is formed as ``|sqrt(1-b2) g|^2``, which overflows only where the result
   does (``|g|`` above 5.8e20 in float32 with ``b2 = 0.999``, not 1.8e19); :func:`store`
@@ -104,7 +111,7 @@ def moments(
   b1_, one_minus_b1, _ = decay_constants(b1, zero, rdt)
   b2_, one_minus_b2, _ = decay_constants(b2, zero, rdt)
   g = g.astype(cdt)
-  m_new = b1_ * m.astype(cdt) + one_minus_b1 * g
+  m_new = b1_ * m.astype(cdt) + (one_minus_b1 * g if grad_averaging else g)
   v_new = b2_ * v.astype(cdt) + abs_sq(jnp.sqrt(one_minus_b2) * g)
   return m_new, v_new
 
@@ -138,6 +145,26 @@ def direction(
   if wd is not None:
     u = add_decay(u, w, wd)
   return u
+
+
+def shrink_factor(lr: Any, wd: Any, rdt: Any) -> jax.Array:
+  """``1 - lr * wd``: what decoupled weight decay multiplies a weight by (timm, Keras 3)."""
+  return 1 - jnp.asarray(lr).astype(rdt) * jnp.asarray(wd).astype(rdt)
+
+
+def shrunk_norm(
+  parts: tuple[jax.Array, jax.Array], lr: Any, wd: Any
+) -> tuple[jax.Array, jax.Array]:
+  """The norm of ``(1 - lr wd) w`` from ``w``'s :func:`norm_parts`: ``|1 - lr wd| ||w||``."""
+  m, e = parts
+  return m * jnp.abs(shrink_factor(lr, wd, m.dtype)), e
+
+
+def subtract_decay(update: jax.Array, w: jax.Array, lr: Any, wd: Any) -> jax.Array:
+  """``update - lr wd w``: the shrink of decoupled weight decay added to an update."""
+  rdt = real_dtype(update.dtype)
+  lr_wd = jnp.asarray(lr).astype(rdt) * jnp.asarray(wd).astype(rdt)
+  return update - lr_wd * w.astype(update.dtype)
 
 
 def add_decay(u: jax.Array, w: jax.Array, wd: Any) -> jax.Array:

@@ -83,7 +83,8 @@ class Block:
   """One array of the state per moment: a solo leaf or a packed bucket."""
 
   param_dtype: np.dtype
-  moment_dtype: np.dtype
+  mu_dtype: np.dtype  # storage of the first moment
+  nu_dtype: np.dtype  # storage of the second moment
   width: int  # 0 for a solo block
   rows: int
   segments: int
@@ -192,7 +193,7 @@ def make_layout(
   shapes: tuple[tuple[int, ...], ...],
   dtypes: tuple[np.dtype, ...],
   axes: tuple[int, ...],
-  moment_dtypes: tuple[np.dtype, ...],
+  moment_dtypes: tuple[tuple[np.dtype, np.dtype], ...],
   mode: str,
 ) -> Layout:
   """The layout of a tree (see the module docstring for the rule)."""
@@ -215,7 +216,7 @@ def make_layout(
       nseg = int(np.prod(shapes[i][: axes[i]], dtype=np.int64))
       seg_len = int(np.prod(shapes[i][axes[i] :], dtype=np.int64))
       leaves[i] = Leaf(len(blocks), shapes[i], axes[i], 0, 0, nseg, seg_len, 0)
-      blocks.append(Block(dtypes[i], moment_dtypes[i], 0, 0, nseg, (i,), True))
+      blocks.append(Block(dtypes[i], *moment_dtypes[i], 0, 0, nseg, (i,), True))
   for (dtype, moment_dtype), members in keys.items():
     packed = [i for i in members if i in packable]
     for run in _chunks(packed, [sizes[i] for i in packed]) if packed else []:
@@ -236,7 +237,8 @@ def make_layout(
         row += nseg * seg_rows
         seg += nseg
         rows_per_seg.add(seg_rows)
-      blocks.append(Block(dtype, moment_dtype, width, row, seg, tuple(run), len(rows_per_seg) <= 1))
+      uniform = len(rows_per_seg) <= 1
+      blocks.append(Block(dtype, *moment_dtype, width, row, seg, tuple(run), uniform))
   return Layout(treedef, paths, dtypes, tuple(leaves), tuple(blocks))
 
 

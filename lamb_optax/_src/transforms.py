@@ -189,6 +189,10 @@ def scale_by_adam(
   eps: jax.typing.ArrayLike = 1e-6,
   eps_root: jax.typing.ArrayLike = 0.0,
   moment_dtype: Optional[Any] = None,
+  *,
+  bias_correction: bool = True,
+  grad_averaging: bool = True,
+  mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Adam's bias-corrected scaling, computed in float32 for low-precision params.
 
@@ -207,6 +211,10 @@ def scale_by_adam(
     eps: term added to the denominator outside the square root, > 0.
     eps_root: term added inside the square root, >= 0.
     moment_dtype: storage dtype of m and v; None for the default above.
+    bias_correction: False divides by neither ``1-b_1^t`` nor ``1-b_2^t``.
+    grad_averaging: False accumulates ``m_t = b_1 m_{t-1} + g``.
+    mu_dtype: storage dtype of m only (``optax.scale_by_adam``'s meaning);
+      None: as ``moment_dtype``.
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`ScaleByAdamState`.
@@ -229,17 +237,21 @@ def scale_by_adam(
   validation.check_positive("eps", eps)
   validation.check_non_negative("eps_root", eps_root)
   moment_dtype = validation.check_dtype("moment_dtype", moment_dtype)
+  mu_dtype = validation.check_dtype("mu_dtype", mu_dtype)
+  validation.check_bool("bias_correction", bias_correction)
+  validation.check_bool("grad_averaging", grad_averaging)
 
   def init_fn(params):
     # Empty containers are a mistake; an empty custom node is optax.tree.map_params' probe.
     if params is None or (isinstance(params, (dict, list, tuple)) and not jax.tree.leaves(params)):
       raise ValueError(f"`params` has no array leaves: {params!r}.")
     _check_float_leaves("params", params)
-    zeros = lambda p: zeros_like_sharded(p, default_moment_dtype(p.dtype, moment_dtype))  # noqa: E731
+    nu_zeros = lambda p: zeros_like_sharded(p, default_moment_dtype(p.dtype, moment_dtype))  # noqa: E731
+    mu_zeros = nu_zeros if mu_dtype is None else (lambda p: zeros_like_sharded(p, mu_dtype))
     return ScaleByAdamState(
       count=jnp.zeros([], jnp.int32),
-      mu=jax.tree.map(zeros, params),
-      nu=jax.tree.map(zeros, params),
+      mu=jax.tree.map(mu_zeros, params),
+      nu=jax.tree.map(nu_zeros, params),
     )
 
   def update_fn(updates, state, params=None):
@@ -259,10 +271,12 @@ def scale_by_adam(
         )
 
     def one(g, m, v):
-      m_new, v_new = kernels.moments(g, m, v, b1, b2)
-      c1, c2 = kernels.corrections(count, b1, b2, kernels.real_dtype(m_new.dtype))
+      m_new, v_new = kernels.moments(g, m, v, b1, b2, grad_averaging)
+      m_new, v_new = kernels.saturate(m_new, m.dtype), kernels.saturate(v_new, v.dtype)
+      rdt = kernels.real_dtype(m_new.dtype)
+      c1, c2 = kernels.corrections(count, b1, b2, rdt, bias_correction)
       u = kernels.direction(m_new, v_new, c1, c2, eps, eps_root)
-      return u.astype(g.dtype), kernels.store(m_new, m.dtype), kernels.store(v_new, v.dtype)
+      return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
     out = jax.tree.map(one, updates, state.mu, state.nu)
     tree_def = jax.tree.structure(updates)
@@ -345,6 +359,94 @@ def add_decayed_weights(
       for f, u, w in zip(flags, jax.tree.leaves(updates), jax.tree.leaves(params), strict=True)
     ]
     return jax.tree.unflatten(jax.tree.structure(updates), leaves), AddDecayedWeightsState(count)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+class WithDecoupledWeightDecayState(NamedTuple):
+  """State of :func:`with_decoupled_weight_decay`."""
+
+  count: jax.Array  # shape=(), dtype=int32: steps taken (indexes the schedules).
+  inner_state: Any  # the state of the wrapped transformation
+
+
+def with_decoupled_weight_decay(
+  inner: optax.GradientTransformation,
+  learning_rate: schedules.LearningRate,
+  weight_decay: ScalarOrSchedule = 0.0,
+  mask: masks_lib.MaskOrFn = None,
+) -> optax.GradientTransformation:
+  r"""Runs ``inner`` on weights first shrunk by ``lr wd w``, and adds that shrink.
+
+  .. math::
+    w_s = (1 - lr_t\, wd_t)\, w, \quad u \leftarrow \operatorname{inner}(u, w_s) - lr_t\, wd_t\, w
+
+  where ``mask`` is True (elsewhere ``w_s = w``), so the step applied to ``w``
+  is the step ``inner`` computes for the shrunk weight, after the shrink:
+  timm's ``Lamb(decoupled_decay=True)`` and Keras 3's ``weight_decay`` with
+  ``inner`` the trust ratio and the learning rate (``lamb(...,
+  decoupled_decay=True, fused=False)``). The shrink is computed in float32
+  for low-precision parameters.
+
+  Args:
+    inner: the transformation that sees the shrunk weights as ``params``.
+    learning_rate: the learning rate of the shrink, in any form of
+      :func:`scale_by_learning_rate`.
+    weight_decay: a number >= 0 or a schedule ``count -> wd``.
+    mask: where the weights shrink; forms as :func:`add_decayed_weights`.
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`WithDecoupledWeightDecayState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import lamb_optax
+    >>> tx = lamb_optax.with_decoupled_weight_decay(
+    ...     lamb_optax.scale_by_learning_rate(0.1), learning_rate=0.1, weight_decay=0.5)
+    >>> w = jnp.array([2.0])
+    >>> tx.update(jnp.array([1.0]), tx.init(w), w)[0]  # -0.1 * 1 - 0.1 * 0.5 * 2
+    Array([-0.2], dtype=float32)
+  """
+  lr = schedules.as_schedule("learning_rate", learning_rate)
+  validation.check_scalar_or_schedule("weight_decay", weight_decay)
+  masks_lib.check_mask("mask", mask)
+  decays_nothing = schedules.is_positive_constant(weight_decay) is False
+
+  def init_fn(params):
+    masks_lib.resolve("mask", mask, params)  # a bad mask fails here, before any step
+    return WithDecoupledWeightDecayState(jnp.zeros([], jnp.int32), inner.init(params))
+
+  def update_fn(updates, state, params=None):
+    _require_params(params, "with_decoupled_weight_decay")
+    _check_same_structure(updates, params)
+    _check_no_complex_for_real(updates, params)
+    count = optax.safe_increment(state.count)
+    if decays_nothing:
+      updates, inner_state = inner.update(updates, state.inner_state, params)
+      return updates, WithDecoupledWeightDecayState(count, inner_state)
+    flags = masks_lib.resolve("mask", mask, params)
+    hdt = _hyper_dtype(updates)
+    step_size = schedules.evaluate(lr, state.count, hdt, "learning_rate")
+    wd = schedules.evaluate(weight_decay, state.count, hdt, "weight_decay")
+    leaves = jax.tree.leaves(params)
+    shrunk = [
+      w.astype(compute_dtype(w.dtype))
+      * kernels.shrink_factor(step_size, wd, hdt).astype(_real_dtype(compute_dtype(w.dtype)))
+      if f
+      else w
+      for f, w in zip(flags, leaves, strict=True)
+    ]
+    tree_def = jax.tree.structure(params)
+    inner_u, inner_state = inner.update(
+      updates, state.inner_state, jax.tree.unflatten(tree_def, shrunk)
+    )
+    out = [
+      kernels.subtract_decay(u.astype(compute_dtype(u.dtype)), w, step_size, wd).astype(u.dtype)
+      if f
+      else u
+      for f, u, w in zip(flags, jax.tree.leaves(inner_u), leaves, strict=True)
+    ]
+    return jax.tree.unflatten(tree_def, out), WithDecoupledWeightDecayState(count, inner_state)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
