@@ -204,3 +204,109 @@ def test_lamb_signature_rejects_bad_params():
     ms.Lamb({}, learning_rate=0.1)
   with pytest.raises(TypeError, match="floating"):
     ms.Lamb({"w": jnp.ones(2, jnp.int32)}, learning_rate=0.1)
+
+
+# --- nn.Lamb(params=...) trains only the parameters it is given ------------------------------
+
+
+def _model():
+  k = jax.random.split(jax.random.key(3), 5)
+  return {
+    "conv": {"kernel": jax.random.normal(k[0], (3, 3, 1, 4)), "bias": jnp.full(4, 0.5)},
+    "bn": {"gamma": 1.0 + jax.random.normal(k[1], (4,)), "beta": jax.random.normal(k[2], (4,))},
+    "fc": {"kernel": jax.random.normal(k[3], (16, 3)), "bias": jax.random.normal(k[4], (3,))},
+  }
+
+
+def _grads(tree):  # elementwise, so the subset's gradients are the full tree's at its paths
+  return jax.tree.map(lambda x: jnp.cos(3.0 * x) + 0.1 * x * x, tree)
+
+
+def _run(tx, params, steps=10, roundtrip_at=None):
+  """`steps` jitted steps; the state goes through NumPy and back at step `roundtrip_at`."""
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for i in range(steps):
+    if i == roundtrip_at:  # a checkpoint: host arrays, then back
+      saved = jax.tree.map(np.asarray, state)
+      assert jax.tree.structure(saved) == jax.tree.structure(state)
+      state = jax.tree.map(jnp.asarray, saved)
+    updates, state = step(_grads(params), state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+_HYPER = dict(beta1=0.8, beta2=0.99, eps=1e-5, weight_decay=0.05)
+_LAMB = dict(b1=0.8, b2=0.99, eps=1e-5, weight_decay=0.05)
+_GROUPS = [
+  {"params": "^fc/", "weight_decay": 0.01},
+  {"params": ["bn/gamma", "bn/beta"], "lr": 0.05},
+]
+
+
+@pytest.mark.parametrize("how", ["subset", "groups"])
+def test_lamb_with_a_subset_freezes_the_other_leaves(how):
+  full = _model()
+  subset = {"fc": full["fc"], "bn": full["bn"]}
+  if how == "subset":
+    tx = ms.Lamb(subset, 0.1, **_HYPER)
+    ref = lamb_optax.lamb(0.1, **_LAMB, mask="mindspore")
+  else:
+    tx = ms.Lamb(_GROUPS, 0.1, **_HYPER)
+    ref = lamb_optax.lamb(0.1, **_LAMB, mask="mindspore", groups=_GROUPS)
+  trained, state = _run(tx, full, roundtrip_at=5)
+  expected, _ = _run(ref, subset)
+  # the conv layer, in no group and not in the subset: bit-identical after 10 steps
+  jax.tree.map(np.testing.assert_array_equal, trained["conv"], full["conv"])
+  # the rest is lamb on the subset alone
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+    {"fc": trained["fc"], "bn": trained["bn"]},
+    expected,
+  )
+  assert not np.allclose(trained["fc"]["kernel"], full["fc"]["kernel"])
+  # a frozen leaf keeps only set_to_zero's (empty) state
+  assert isinstance(state, optax.PartitionState)
+  assert jax.tree.leaves(state.inner_states["frozen"]) == []
+  assert int(optax.tree_utils.tree_get(state, "count")) == 10
+
+
+def test_lamb_given_the_tree_it_is_initialized_with_is_plain_lamb():
+  params = _model()
+  for tx, ref in [
+    (ms.Lamb(params, 0.1, **_HYPER), lamb_optax.lamb(0.1, **_LAMB, mask="mindspore")),
+    (
+      ms.Lamb([{"params": "^conv/"}, *_GROUPS], 0.1, **_HYPER),
+      lamb_optax.lamb(0.1, **_LAMB, groups=[{"params": "^conv/"}, *_GROUPS]),
+    ),
+  ]:
+    assert jax.tree.structure(tx.init(params)) == jax.tree.structure(ref.init(params))
+    got, _ = _run(tx, params, steps=3)
+    want, _ = _run(ref, params, steps=3)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+@pytest.mark.parametrize("container", [list, tuple])
+def test_lamb_rejects_a_list_of_arrays(container):
+  arrays = container(jax.tree.leaves(_model()))
+  with pytest.raises(TypeError, match=r"carry no names.*\{'fc': params\['fc'\]\}.*regex"):
+    ms.Lamb(arrays, 0.1)
+
+
+def test_lamb_subset_with_paths_not_in_the_tree_is_an_error_at_init():
+  full = _model()
+  tx = ms.Lamb(full["fc"], 0.1)  # paths 'kernel', 'bias': not the full tree's 'fc/...'
+  with pytest.raises(ValueError, match=r"not in the tree.*'bias', 'kernel'.*same top-level keys"):
+    tx.init(full)
+  reshaped = ms.Lamb({"fc": {"bias": jnp.ones(5)}}, 0.1)
+  with pytest.raises(ValueError, match=r"shapes differ.*'fc/bias' \(5,\) vs \(3,\)"):
+    reshaped.init(full)
+
+
+def test_lamb_groups_still_reject_a_leaf_in_two_groups():
+  full = _model()
+  with pytest.raises(ValueError, match="exactly one group"):
+    ms.Lamb([{"params": "^fc/"}, {"params": "bias"}], 0.1).init(full)
+  # lamb(groups=...) itself stays strict: a leaf in no group is an error
+  with pytest.raises(ValueError, match="in no group"):
+    lamb_optax.lamb(0.1, groups=_GROUPS).init(full)

@@ -139,6 +139,19 @@ def _fmt(paths: Sequence[str], limit: int = 20) -> str:
   return shown + (f", ... ({len(paths)} in all)" if len(paths) > limit else "")
 
 
+def selected(groups: Groups, params: Any) -> list[bool]:
+  """Whether some group selects each leaf, in ``jax.tree.leaves`` order.
+
+  The union of the groups, with no check (:func:`assign` checks): MindSpore's
+  ``nn.Lamb`` trains only the parameters its groups hold, and
+  ``mindspore_compat.Lamb`` freezes the others.
+  """
+  return [
+    any(g.select(path, leaf) for g in groups.groups)
+    for path, leaf in masks_lib.named_leaves(params)
+  ]
+
+
 def assign(groups: Groups, params: Any) -> list[int]:
   """The index of the group of each leaf, in ``jax.tree.leaves`` order.
 

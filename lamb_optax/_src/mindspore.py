@@ -10,14 +10,17 @@ a ``TypeError`` there too), step counts positive ``int``\\ s, flags ``bool``\\ s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lamb_optax._src import alias
+from lamb_optax._src import groups as groups_lib
+from lamb_optax._src import masks as masks_lib
 
 # ---------------------------------------------------------------------------
 # MindSpore's validator rules
@@ -431,6 +434,92 @@ def warmup_lr(
 # ---------------------------------------------------------------------------
 
 
+_HOW_TO_SELECT = (
+  "To train some of the parameters, pass them as a pytree with the paths they have in the full"
+  " tree (a dict with the same top-level keys, e.g. `{'fc': params['fc']}`), or pass a list of"
+  " group dicts whose 'params' is a regex searched in the '/'-joined path (e.g."
+  " `[{'params': '^fc/'}]`), a callable (path, leaf) -> bool or a list of path strings; the"
+  " paths are those of `lamb_optax.masks.named_leaves(params)`."
+)
+
+
+def _fmt_paths(paths: Sequence[str], limit: int = 20) -> str:
+  shown = ", ".join(repr(p) for p in paths[:limit])
+  return shown + (f", ... ({len(paths)} in all)" if len(paths) > limit else "")
+
+
+def _is_group_list(params: Any) -> bool:
+  return (
+    isinstance(params, Sequence)
+    and not isinstance(params, str)
+    and bool(params)
+    and all(isinstance(g, dict) for g in params)
+  )
+
+
+def _is_unnamed_list(params: Any) -> bool:
+  """A list or tuple (not a NamedTuple, whose fields are names): MindSpore's list of Parameters."""
+  return isinstance(params, (list, tuple)) and not hasattr(params, "_fields")
+
+
+def _shape(leaf: Any) -> tuple[int, ...]:
+  return tuple(leaf.shape) if hasattr(leaf, "shape") else tuple(np.shape(leaf))
+
+
+def _subset_rule(subset: Any) -> Callable[[Any], list[bool]]:
+  """``tree -> [leaf is in subset]``; raises if a subset path is missing or has another shape."""
+  shapes = {path: _shape(leaf) for path, leaf in masks_lib.named_leaves(subset)}
+
+  def trained(tree: Any) -> list[bool]:
+    named = masks_lib.named_leaves(tree)
+    seen = {path: _shape(leaf) for path, leaf in named}
+    missing = [p for p in shapes if p not in seen]
+    if missing:
+      raise ValueError(
+        f"`Lamb(params=...)` was given parameters at paths that are not in the tree passed to"
+        f" `init`/`update`: {_fmt_paths(missing)} (the tree has {_fmt_paths(list(seen), 5)})."
+        f" {_HOW_TO_SELECT}"
+      )
+    reshaped = [f"{p!r} {shapes[p]} vs {seen[p]}" for p in shapes if shapes[p] != seen[p]]
+    if reshaped:
+      raise ValueError(
+        "`Lamb(params=...)` was given parameters whose shapes differ from the leaves at the same"
+        f" paths of the tree passed to `init`/`update`: {', '.join(reshaped[:20])}."
+      )
+    return [path in shapes for path, _ in named]
+
+  return trained
+
+
+def _with_frozen(
+  tx: optax.GradientTransformationExtraArgs, trained: Callable[[Any], list[bool]]
+) -> optax.GradientTransformationExtraArgs:
+  """``tx`` on the leaves ``trained`` selects, zero updates (``optax.set_to_zero``) elsewhere.
+
+  A tree whose every leaf is trained gets ``tx`` itself (its state unchanged);
+  any other tree gets ``optax.partition`` of ``tx`` and ``optax.set_to_zero``,
+  so a frozen leaf keeps no state. The choice depends on the tree's paths
+  only, so ``init`` and ``update`` make the same one.
+  """
+
+  def labels(tree: Any) -> Any:
+    names = ["train" if t else "frozen" for t in trained(tree)]
+    return jax.tree.unflatten(jax.tree.structure(tree), names)
+
+  partitioned = optax.partition({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+  def init_fn(params: Any) -> optax.OptState:
+    return (tx if all(trained(params)) else partitioned).init(params)
+
+  def update_fn(
+    updates: Any, state: optax.OptState, params: Any = None, **extra_args: Any
+  ) -> tuple[Any, optax.OptState]:
+    inner = tx if all(trained(updates)) else partitioned
+    return inner.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def Lamb(  # noqa: N802 - MindSpore's name
   params: Any,
   learning_rate: Any,
@@ -441,28 +530,65 @@ def Lamb(  # noqa: N802 - MindSpore's name
 ) -> optax.GradientTransformationExtraArgs:
   """MindSpore's ``nn.Lamb(params, learning_rate, beta1, beta2, eps, weight_decay)``.
 
-  Returns the same ``GradientTransformation`` as :func:`lamb_optax.lamb`.
-  ``params`` is either a params pytree (every leaf is trained; MindSpore's
-  beta/gamma rule picks the decayed leaves) or a list of group dicts (see
-  ``lamb(groups=...)``). Where MindSpore's optimizer is a Cell called with the
-  gradients and returning ``True``, an optax transformation is used as
+  As in MindSpore, only the parameters in ``params`` are trained. ``params``
+  is either
+
+  - a params pytree: its leaves are trained (MindSpore's beta/gamma rule picks
+    the decayed ones). Given to ``init``/``update`` as it is, the optimizer is
+    :func:`lamb_optax.lamb` with ``mask="mindspore"``, state included. Given
+    a larger tree (the whole model), a leaf is trained iff its path (see
+    :func:`lamb_optax.masks.named_leaves`) is one of ``params``' paths, so
+    pass the subset with the paths it has in the full tree
+    (``{"fc": params["fc"]}``, not ``params["fc"]``); the other leaves get
+    zero updates and keep no state (``optax.partition`` of ``lamb`` and
+    ``optax.set_to_zero``). A path of ``params`` missing from that tree is a
+    ``ValueError`` at ``init``;
+  - or a list of group dicts (see ``lamb(groups=...)``). The leaves that no
+    group selects are frozen the same way (``lamb(groups=...)`` itself
+    requires every leaf in a group); a leaf in two groups is an error.
+
+  A list or tuple of arrays (the shape of MindSpore's
+  ``net.trainable_params()``) is rejected: JAX arrays carry no names, so they
+  cannot say which leaves of the tree they are.
+
+  Where MindSpore's optimizer is a Cell called with the gradients and
+  returning ``True``, an optax transformation is used as
   ``updates, state = tx.update(grads, state, params)`` followed by
   ``optax.apply_updates``.
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> import optax
     >>> from lamb_optax.mindspore_compat import Lamb, PolynomialDecayLR
     >>> params = {"conv": {"weight": jnp.ones((3, 3, 1, 4))}, "bn": {"gamma": jnp.ones(4)}}
     >>> tx = Lamb(params, learning_rate=PolynomialDecayLR(0.1, 0.01, 100, 0.5), weight_decay=0.01)
     >>> state = tx.init(params)
+
+    Training only the batch norm of that model:
+
+    >>> tx = Lamb({"bn": params["bn"]}, learning_rate=0.1)
+    >>> state = tx.init(params)  # the full tree
+    >>> grads = {"conv": {"weight": jnp.ones((3, 3, 1, 4))}, "bn": {"gamma": jnp.ones(4)}}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> float(updates["conv"]["weight"].max()), float(updates["bn"]["gamma"][0])
+    (0.0, -0.1)
+
+  Raises:
+    TypeError: ``params`` is a list or tuple of arrays, or has leaves that are
+      not floating arrays; and the argument errors of :func:`lamb_optax.lamb`.
+    ValueError: ``params`` is empty; at ``init``, a path of ``params`` that
+      the tree does not have (or has with another shape); bad groups.
   """
-  if (
-    isinstance(params, Sequence)
-    and not isinstance(params, str)
-    and params
-    and all(isinstance(g, dict) for g in params)
-  ):
-    return alias.lamb(learning_rate, beta1, beta2, eps, weight_decay=weight_decay, groups=params)
+  if _is_group_list(params):
+    tx = alias.lamb(learning_rate, beta1, beta2, eps, weight_decay=weight_decay, groups=params)
+    parsed = groups_lib.parse_groups(params, learning_rate, weight_decay)
+    return _with_frozen(tx, lambda tree: groups_lib.selected(parsed, tree))
+  if _is_unnamed_list(params) and params:
+    raise TypeError(
+      f"`params` is a {type(params).__name__} of {len(params)} items that are not group dicts"
+      " (MindSpore's `net.trainable_params()` shape). JAX arrays carry no names, so such a list"
+      f" cannot say which leaves of the parameter tree to train. {_HOW_TO_SELECT}"
+    )
   leaves = jax.tree.leaves(params)
   if not leaves:
     raise ValueError(
@@ -473,4 +599,5 @@ def Lamb(  # noqa: N802 - MindSpore's name
       raise TypeError(
         f"`params` leaves must be floating arrays, got {type(leaf).__name__} {leaf!r}."
       )
-  return alias.lamb(learning_rate, beta1, beta2, eps, weight_decay=weight_decay, mask="mindspore")
+  tx = alias.lamb(learning_rate, beta1, beta2, eps, weight_decay=weight_decay, mask="mindspore")
+  return _with_frozen(tx, _subset_rule(params))
