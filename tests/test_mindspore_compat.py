@@ -43,6 +43,11 @@ def test_schedule_class_matches_mindspore(entry):
   np.testing.assert_allclose(eager, entry["values"], rtol=1e-5, atol=1e-9)
   traced = jax.jit(jax.vmap(sched))(jnp.arange(entry["steps"], dtype=jnp.int32))
   np.testing.assert_allclose(traced, entry["values"], rtol=1e-5, atol=1e-9)
+  # one step at a time under jit, as lamb evaluates it (XLA may then divide by a constant as a
+  # multiplication by its reciprocal: PolynomialDecayLR was NaN at step == decay_steps)
+  one = jax.jit(sched)
+  scalar = [float(one(jnp.asarray(s, jnp.int32))) for s in range(entry["steps"])]
+  np.testing.assert_allclose(scalar, entry["values"], rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("entry", FUNCTIONS, ids=_id)
@@ -310,3 +315,12 @@ def test_lamb_groups_still_reject_a_leaf_in_two_groups():
   # lamb(groups=...) itself stays strict: a leaf in no group is an error
   with pytest.raises(ValueError, match="in no group"):
     lamb_optax.lamb(0.1, groups=_GROUPS).init(full)
+
+
+@pytest.mark.parametrize("decay_steps", [3, 7, 100, 300])
+def test_polynomial_decay_is_end_lr_at_decay_steps_under_jit(decay_steps):
+  """At ``step == decay_steps`` the base ``1 - p`` is 0, so the value is the end learning
+  rate; under jit XLA's reciprocal multiplication made ``p`` just above 1 and the value NaN."""
+  sched = ms.PolynomialDecayLR(0.01, 0.001, decay_steps, 0.5)
+  at = jax.jit(sched)(jnp.asarray(decay_steps, jnp.int32))
+  np.testing.assert_allclose(float(at), 0.001, rtol=1e-6)

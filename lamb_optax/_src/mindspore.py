@@ -195,14 +195,22 @@ class PolynomialDecayLR(_Schedule):
     self.update_decay_steps = _bool("update_decay_steps", update_decay_steps)
 
   def construct(self, step: jax.Array) -> jax.Array:
+    # Under jit XLA divides by a constant as a multiplication by its reciprocal, which is
+    # not exact: 100 * (1/100) is 0.99999998 in float32, and (1 - p) ** 0.5 turned that
+    # into 1.5e-4 (0.1% off the end value; NaN where p rounded above 1). So ``1 - p`` is
+    # formed as (decay - step) / decay, whose numerator is exact, and ceil(step / decay)
+    # is corrected where the rounded quotient crossed an integer.
     decay = jnp.float32(self.decay_steps)
     if self.update_decay_steps:
-      decay = decay * jnp.maximum(jnp.ceil(step / decay), 1.0)
+      n = jnp.ceil(step / decay)
+      n = jnp.where((n - 1) * decay >= step, n - 1, n)
+      n = jnp.where(n * decay < step, n + 1, n)
+      decay = decay * jnp.maximum(n, 1.0)
     else:
       step = jnp.minimum(step, decay)
-    p = step / decay
+    rest = jnp.maximum(decay - step, 0.0) / decay
     diff = self.learning_rate - self.end_learning_rate
-    return diff * jnp.power(1.0 - p, self.power) + self.end_learning_rate
+    return diff * jnp.power(rest, self.power) + self.end_learning_rate
 
 
 class WarmUpLR(_Schedule):
