@@ -270,13 +270,18 @@ def test_empty_groups():
 
 
 def test_grouped_state_is_a_pytree_of_arrays_with_one_count():
-  """Groups are settings of one engine: one step count, m and v, one ratio per leaf."""
+  """Groups are settings of one engine: one step count, m and v, one ratio per leaf, and each
+  group's learning rate and weight decay."""
   tx = lamb_optax.lamb(0.1, groups=_seed_groups())
   state = tx.init(_cnn_params())
   leaves = jax.tree.leaves(state)
   assert leaves and all(isinstance(x, jax.Array) for x in leaves)
+  n_groups = len([g for g in _seed_groups() if "params" in g])
   assert math.isclose(
     sum(x.size for x in leaves),
-    2 * sum(x.size for x in jax.tree.leaves(_cnn_params())) + 1 + len(_flat(_cnn_params())),
+    2 * sum(x.size for x in jax.tree.leaves(_cnn_params()))
+    + 1
+    + len(_flat(_cnn_params()))
+    + 2 * n_groups,
   )
   assert int(optax.tree_utils.tree_get(state, "count")) == 0

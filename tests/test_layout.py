@@ -84,18 +84,21 @@ def test_per_leaf_and_packed_overrides():
 
 
 def test_the_layout_depends_on_the_tree_alone():
-  """Not on hyperparameter values, masks, the platform or a policy: one state everywhere."""
+  """Not on hyperparameter values, masks, the platform or a policy: one state everywhere
+  (beside the per-group hyperparameters, one entry per group)."""
   params = _tree(many=300)
-  structures = {
-    jax.tree.structure(tx.init(params))
+  states = [
+    tx.init(params)
     for tx in (
       lamb_optax.lamb(0.1),
       lamb_optax.lamb(0.0, weight_decay=0.0, mask=None, trust_ratio_mask=lambda p: False),
       lamb_optax.lamb([0.1, 0.2], weight_decay=0.5, policy=lamb_optax.Policy.for_platform("gpu")),
       lamb_optax.lamb(0.1, groups=[{"params": "many"}, {"params": "^(?!many)", "lr": 0.3}]),
     )
-  }
+  ]
+  structures = {jax.tree.structure(s._replace(group_hyperparams=())) for s in states}
   assert len(structures) == 1
+  assert [len(s.group_hyperparams) for s in states] == [1, 1, 1, 2]
 
 
 # --- the same step on every layout --------------------------------------------------

@@ -385,7 +385,8 @@ def lamb_engine(o: Options) -> optax.GradientTransformationExtraArgs:
       if params is None or isinstance(params, (dict, list, tuple)):
         raise ValueError(f"`params` has no array leaves: {params!r}.")
       # An empty custom node is optax.tree.map_params' probe: say where params-like values are.
-      return LambState(jnp.zeros([], jnp.int32), params, params, params, ())
+      count = jnp.zeros([], jnp.int32)
+      return LambState(count, params, params, params, hyperparams_at(count, np.dtype("float32")))
     transforms._check_float_leaves("params", params)
     plan_of(params)  # a bad mask, layer_axes or group fails here, before any step
     layout_lib.register_with_flax()
