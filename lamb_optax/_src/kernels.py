@@ -360,10 +360,16 @@ def saturate(x: jax.Array, dtype: Any) -> jax.Array:
   dtype = np.dtype(dtype)
   if jnp.iscomplexobj(x) or not jnp.issubdtype(dtype, jnp.floating):
     return x
-  top = min(float(jnp.finfo(dtype).max), float(jnp.finfo(x.dtype).max))
+  top_x, top_d = float(jnp.finfo(x.dtype).max), float(jnp.finfo(dtype).max)
+  top = jnp.asarray(min(top_x, top_d), x.dtype)
   # A select, not jnp.clip: XLA:CPU stops updating the moments in place behind a min/max
-  # (the packed step's temporaries grew from 0.5x to 1.9x the parameters).
-  return jnp.where(jnp.abs(x) > top, jnp.sign(x) * top, x)
+  # (the packed step's temporaries grew from 0.5x to 1.9x the parameters). Where the storage
+  # dtype is as wide as the compute dtype, only an overflow to inf needs it, and the isinf
+  # test is nearly free (|x| > top made a 64M-element float32 step about 12% slower on
+  # XLA:CPU); a narrower storage dtype (float16, bfloat16) needs the comparison.
+  if top_d >= top_x:
+    return jnp.where(jnp.isinf(x), jnp.copysign(top, x), x)
+  return jnp.where(jnp.abs(x) > top, jnp.copysign(top, x), x)
 
 
 def store(x: jax.Array, dtype: Any) -> jax.Array:
