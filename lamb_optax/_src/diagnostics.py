@@ -11,19 +11,15 @@ from lamb_optax._src.engine import LambState
 from lamb_optax._src.transforms import ScaleByTrustRatioState
 
 
-def _collect(state: Any, found: list[Any]) -> None:
-  if isinstance(state, LambState):
-    found.append(state.ratios.as_tree())
-    return
-  if isinstance(state, ScaleByTrustRatioState):
-    found.append(state.ratios)
-    return
+def _find(state: Any, kinds: tuple[type, ...]) -> list[Any]:
+  """The states of ``kinds`` inside ``state`` (through chains, partitions and wrappers)."""
+  if isinstance(state, kinds):
+    return [state]
   if isinstance(state, dict):
-    for key in sorted(state, key=str):
-      _collect(state[key], found)
-  elif isinstance(state, (tuple, list)):  # NamedTuples included
-    for child in state:
-      _collect(child, found)
+    return [x for key in sorted(state, key=str) for x in _find(state[key], kinds)]
+  if isinstance(state, (tuple, list)):  # NamedTuples included
+    return [x for child in state for x in _find(child, kinds)]
+  return []
 
 
 def _is_masked(x: Any) -> bool:
@@ -62,8 +58,10 @@ def trust_ratios(opt_state: optax.OptState) -> Any:
     >>> round(float(ratios["w"]), 4)
     5.0
   """
-  found: list[Any] = []
-  _collect(opt_state, found)
+  found = [
+    s.ratios.as_tree() if isinstance(s, LambState) else s.ratios
+    for s in _find(opt_state, (LambState, ScaleByTrustRatioState))
+  ]
   if not found:
     raise ValueError(
       "`opt_state` holds no trust-ratio state; was it made by lamb_optax.lamb or"
@@ -79,17 +77,6 @@ def trust_ratios(opt_state: optax.OptState) -> Any:
     owned = [x for x in column if not _is_masked(x)]
     merged.append(owned[0] if owned else optax.MaskedNode())
   return jax.tree.unflatten(tree_def, merged)
-
-
-def _find_lamb_states(state: Any, found: list[LambState]) -> None:
-  if isinstance(state, LambState):
-    found.append(state)
-  elif isinstance(state, dict):
-    for key in sorted(state, key=str):
-      _find_lamb_states(state[key], found)
-  elif isinstance(state, (tuple, list)):  # NamedTuples included
-    for child in state:
-      _find_lamb_states(child, found)
 
 
 def group_hyperparams(opt_state: optax.OptState) -> dict[int, dict[str, jax.Array]]:
@@ -127,8 +114,7 @@ def group_hyperparams(opt_state: optax.OptState) -> dict[int, dict[str, jax.Arra
     ...  lamb_optax.group_hyperparams(state).items()}
     {0: 0.09, 1: 0.1}
   """
-  found: list[LambState] = []
-  _find_lamb_states(opt_state, found)
+  found = _find(opt_state, (LambState,))
   if len(found) != 1:
     raise ValueError(
       "`opt_state` must hold exactly one state of lamb_optax.lamb's engine, found"
