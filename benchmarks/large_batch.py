@@ -24,7 +24,9 @@ Protocol (the constants are in `FULL` below):
   any of its runs took to the top target (a run that is slower cannot be the best); a
   run with a non-finite loss or parameter is diverged;
 - "best": not diverged, then fewest steps to 97%, then to 95%, then the highest test
-  accuracy seen; it is rerun with seeds 1, 2, 3 up to the cap;
+  accuracy seen; it is rerun with seeds 1, 2, 3 until each reaches 97% (or the cap);
+- stability: where it costs at most 2**22 examples (batch 4096 and below), the best
+  learning rate also trains to the cap with seed 0 ("long" runs), whatever it reached;
 - test accuracy on the 10,000 test examples every max(1, 2**14 / batch) steps (the
   granularity of steps-to-target).
 
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -101,12 +104,14 @@ class Study:
     return round(self.warmup_frac * max(self.min_cap, self.cap_examples // batch))
 
 
+# Long runs (the best lr to the cap, seed 0) where the cap costs at most this many examples.
+LONG_MAX_EXAMPLES = 2**22
 FULL = Study()
 NORM_BATCHES = (256, 4096)  # the weight-norm figure's batch sizes (others: all the study's)
-SMOKE = Study(  # every phase has 2 runs, so each (optimizer, batch) compiles once
+SMOKE = Study(  # one batch size, 2 runs per phase but the long one: 6 XLA compiles in all
   n_train=2000,
   n_test=500,
-  batch_sizes=(32, 128),
+  batch_sizes=(64,),
   targets=(0.2, 0.3),
   n_lrs=2,
   n_extend=2,
@@ -185,6 +190,7 @@ def _run_group(
   stop: bool,
   known_best: int | None,
   log: Any,
+  to_cap: bool = False,
 ) -> list[dict[str, Any]]:
   done = res.find(phase, opt, batch, lrs, seeds)
   if done is not None:
@@ -202,6 +208,7 @@ def _run_group(
     targets=study.targets,
     stop_factor=study.stop_factor if stop else None,
     known_best=known_best,
+    to_cap=to_cap,
   )
   for t in trials:
     t["phase"] = phase
@@ -284,6 +291,21 @@ def run_study(study: Study, data: lb.Dataset, res: Results, log: Any) -> None:
         known_best=None,
         log=log,
       )
+      if study.cap(batch) * batch <= LONG_MAX_EXAMPLES:
+        _run_group(
+          res,
+          study,
+          data,
+          "long",
+          opt,
+          batch,
+          [best["lr"]],
+          [study.tune_seed],
+          stop=False,
+          known_best=None,
+          log=log,
+          to_cap=True,
+        )
 
 
 def _status(trial: dict[str, Any] | None, top: str) -> str:
@@ -314,8 +336,9 @@ def summarize(data: dict[str, Any]) -> list[dict[str, Any]]:
   for batch in study["batch_sizes"]:
     for opt in study["optimizers"]:
       mine = [t for t in data["trials"] if t["optimizer"] == opt and t["batch_size"] == batch]
-      tune = [t for t in mine if t["phase"] != "seeds"]
+      tune = [t for t in mine if t["phase"] in ("tune", "extend")]
       seeds = [t for t in mine if t["phase"] == "seeds"]
+      long = [t for t in mine if t["phase"] == "long"]
       if not tune or not seeds:
         continue
       best = lb.best_trial(tune, targets)
@@ -339,6 +362,15 @@ def summarize(data: dict[str, Any]) -> list[dict[str, Any]]:
         "steps_to": {f"{tg:g}": [t["steps_to"][f"{tg:g}"] for t in seeds] for tg in targets},
         "final_accuracy": [t["final_accuracy"] for t in seeds],
         "diverged_seeds": [t["seed"] for t in seeds if t["diverged_at"] is not None],
+        "long": None
+        if not long
+        else {
+          "steps": long[0]["stopped_at"],
+          "best_accuracy": long[0]["best_accuracy"],
+          "final_accuracy": long[0]["final_accuracy"],
+          "norm_growth": long[0]["norm_growth"],
+          "diverged_at": long[0]["diverged_at"],
+        },
       }
       rows.append(row)
   return rows
@@ -361,7 +393,8 @@ def table(data: dict[str, Any]) -> str:
   head += "".join(f" steps to {t:.0%}: median [seeds] |" for t in targets)
   head += f" vs AdamW ({float(top):.0%}) | at 2x best lr: steps to {float(top):.0%} |"
   head += " lrs tried / non-finite / norm 100x+ / collapsed |"
-  lines = [head, "|" + "---|" * (6 + len(targets))]
+  head += " best lr to the cap: test acc best, final; norm growth |"
+  lines = [head, "|" + "---|" * (7 + len(targets))]
   for r in rows:
     cells = [f"{r['batch_size']} ({r['cap']})", LABELS[r["optimizer"]], f"{r['best_lr']:g}"]
     for t in targets:
@@ -376,7 +409,70 @@ def table(data: dict[str, Any]) -> str:
       f"{len(r['lrs_tried'])} / {len(r['diverged_lrs'])} / {len(r['blown_up_lrs'])}"
       f" / {len(r['collapsed_lrs'])}"
     )
+    g = r["long"]
+    cells.append(
+      "not run"
+      if g is None
+      else f"{g['best_accuracy']:.3f}, {g['final_accuracy']:.3f}; {g['norm_growth']:.3g}x"
+      + ("" if g["diverged_at"] is None else f"; non-finite at {g['diverged_at']}")
+    )
     lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def blowups(data: dict[str, Any]) -> list[dict[str, Any]]:
+  """Every run whose largest kernel norm grew 100x or more, with its fastest growth.
+
+  ``max_rate`` is the largest per-step growth of the log of the largest kernel
+  norm between two evaluations. A LAMB step moves each layer by ``lr * ||w||``,
+  so ``log(1 + lr)`` is the fastest possible: reached when the update points
+  along ``w`` itself.
+  """
+  rows = []
+  best = {(r["optimizer"], r["batch_size"]): r["best_lr"] for r in summarize(data)}
+  for t in data["trials"]:
+    if t["norm_growth"] is None or t["norm_growth"] < 100:
+      continue
+    c = t["curve"]
+    pts = [(s, math.log(v)) for s, v in zip(c["step"], c["max_kernel_norm"], strict=True) if v]
+    rates = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(pts)]
+    ref = best.get((t["optimizer"], t["batch_size"]))
+    rows.append(
+      {
+        "optimizer": t["optimizer"],
+        "batch_size": t["batch_size"],
+        "phase": t["phase"],
+        "seed": t["seed"],
+        "lr": t["lr"],
+        "lr_over_best": None if ref is None else lb._sig(t["lr"] / ref),
+        "norm_growth": t["norm_growth"],
+        "max_rate": lb._sig(max(rates)) if rates else None,
+        "log1p_lr": lb._sig(math.log1p(t["lr"])),
+        "best_accuracy": t["best_accuracy"],
+        "final_accuracy": t["final_accuracy"],
+        "stopped_at": t["stopped_at"],
+        "diverged_at": t["diverged_at"],
+      }
+    )
+  return rows
+
+
+def blowup_table(data: dict[str, Any]) -> str:
+  """The markdown table of `blowups`."""
+  lines = [
+    "| optimizer | batch | run | lr (x best) | norm growth | fastest growth per step"
+    " (log) | log(1 + lr) | test acc: best, final | steps run |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in blowups(data):
+    run = {"seeds": f"seed {r['seed']}", "long": "long, seed 0"}.get(r["phase"], "tuning")
+    ratio = "" if r["lr_over_best"] is None else f" ({r['lr_over_best']:g}x)"
+    end = f"{r['stopped_at']}" + ("" if r["diverged_at"] is None else ", then non-finite")
+    lines.append(
+      f"| {LABELS[r['optimizer']]} | {r['batch_size']} | {run} | {r['lr']:g}{ratio} |"
+      f" {r['norm_growth']:.3g}x | {r['max_rate']:.4f} | {r['log1p_lr']:.4f} |"
+      f" {r['best_accuracy']:.3f}, {r['final_accuracy']:.3f} | {end} |"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -461,11 +557,11 @@ def norms_figure(data: dict[str, Any], path: pathlib.Path, batches: Sequence[int
         (
           t
           for t in data["trials"]
-          if t["optimizer"] == opt and t["batch_size"] == batch and t["phase"] != "seeds"
+          if t["optimizer"] == opt and t["batch_size"] == batch and t["phase"] in ("tune", "extend")
         ),
         key=lambda t: t["lr"],
       )
-      colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(tune))))
+      colors = plt.cm.viridis(np.linspace(0, 0.9, len(tune)))
       for t, color in zip(tune, colors, strict=True):
         c = t["curve"]
         pts = [(0, max(t["kernel_norms"]["init"]))]
@@ -566,6 +662,7 @@ def _meta(study: Study, args: argparse.Namespace, data: lb.Dataset | None) -> di
 def report(path: pathlib.Path, out: pathlib.Path) -> str:
   data = json.loads(path.read_text())
   md = table(data)
+  md += "\nRuns whose largest kernel norm grew 100x or more:\n\n" + blowup_table(data)
   (out / "large_batch.md").write_text(md)
   figure(data, out / "large_batch.png")
   norms_figure(data, out / "large_batch_norms.png", NORM_BATCHES)

@@ -314,6 +314,7 @@ def run_grid(
   targets: Sequence[float],
   stop_factor: Optional[float] = None,
   known_best: Optional[int] = None,
+  to_cap: bool = False,
   progress: Optional[Callable[[int, int], None]] = None,
 ) -> list[dict[str, Any]]:
   """Trains ``len(lrs)`` runs side by side and returns one trial record per run.
@@ -342,6 +343,8 @@ def run_grid(
     targets: test accuracies to reach, e.g. ``(0.95, 0.97)``.
     stop_factor: see above (None: no such stop).
     known_best: steps to the highest target already reached by another run.
+    to_cap: train to ``cap`` (or until every run is non-finite) even after
+      every run has reached the targets, to see whether training stays stable.
     progress: called as ``progress(step, cap)`` after each evaluation.
 
   Returns:
@@ -409,7 +412,10 @@ def run_grid(
               reached[i][t] = step
     if progress is not None:
       progress(step, cap)
-    done = [diverged_at[i] is not None or reached[i][top] is not None for i in range(n_runs)]
+    done = [
+      diverged_at[i] is not None or (reached[i][top] is not None and not to_cap)
+      for i in range(n_runs)
+    ]
     if all(done):
       reason = "every run reached the top target or diverged"
       break
@@ -433,7 +439,7 @@ def run_grid(
         "final_accuracy": accs[-1],
         "best_accuracy": max(accs),
         "stopped_at": step,
-        "stop_reason": "done" if reached[i][top] is not None else reason,
+        "stop_reason": "done" if reached[i][top] is not None and not to_cap else reason,
         "diverged_at": diverged_at[i],
         "norm_growth": _sig(float(np.max(max_norms[i] / init_norms[i]))),
         "kernel_norms": {

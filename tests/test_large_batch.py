@@ -261,18 +261,110 @@ def test_smoke_study(tmp_path):
   for opt in study["optimizers"]:
     for batch in study["batch_sizes"]:
       mine = [t for t in trials if t["optimizer"] == opt and t["batch_size"] == batch]
-      tuned = [t for t in mine if t["phase"] != "seeds"]
+      tuned = [t for t in mine if t["phase"] in ("tune", "extend")]
       assert len(tuned) >= study["n_lrs"]
       assert sorted(t["seed"] for t in mine if t["phase"] == "seeds") == study["seeds"]
       # every seed rerun uses the tuning winner
       best = lb.best_trial(tuned, targets)
-      assert {t["lr"] for t in mine if t["phase"] == "seeds"} == {best["lr"]}
+      assert {t["lr"] for t in mine if t["phase"] in ("seeds", "long")} == {best["lr"]}
+      (long,) = [t for t in mine if t["phase"] == "long"]  # the smoke caps are small
+      assert long["stopped_at"] == study["caps"][str(batch)] or long["diverged_at"]
   assert len(data["summary"]) == len(study["optimizers"]) * len(study["batch_sizes"])
   assert (tmp_path / "large_batch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert (tmp_path / "large_batch_norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  lines = (tmp_path / "large_batch.md").read_text().splitlines()
+  lines = (tmp_path / "large_batch.md").read_text().split("\n\n")[0].splitlines()
   assert lines[0].startswith("| batch (cap) |") and len(lines) == 2 + len(data["summary"])
   # resuming a finished study trains nothing more
   n_groups = len(data["groups"])
   assert script.main(["--smoke", "--resume", "--out", str(tmp_path)]) == 0
   assert len(json.loads((tmp_path / "large_batch.json").read_text())["groups"]) == n_groups
+
+
+def test_protocol_numbers():
+  full = _script().FULL
+  for batch, cap, every, warmup in [
+    (64, 32768, 256, 1638),
+    (256, 8192, 64, 410),
+    (1024, 2048, 16, 102),
+    (4096, 1000, 4, 50),
+    (16384, 1000, 1, 50),
+  ]:  # cap = max(1000, 2**21 / batch), eval every max(1, 2**14 / batch), warmup 5% of cap
+    assert (full.cap(batch), full.eval_every(batch), full.warmup(batch)) == (cap, every, warmup)
+  script = _script()  # the grid starts: 8e-3 (AdamW), 2e-3 (LAMB) at 1024, 2x per 4x batch
+  assert script._lr(script._grid_start("adamw", 1024)) == 8e-3
+  assert script._lr(script._grid_start("lamb", 16384)) == 8e-3
+  assert script._lr(script._grid_start("lamb_tuned", 64)) == 5e-4
+
+
+def _fake_trial(
+  opt, batch, phase, lr, seed, steps, *, acc=0.98, final=0.98, growth=5.0, norms=None
+):
+  norms = norms or [3.0, 4.0]
+  return {
+    "optimizer": opt,
+    "batch_size": batch,
+    "phase": phase,
+    "lr": lr,
+    "seed": seed,
+    "steps_to": {"0.95": None if steps is None else steps // 2, "0.97": steps},
+    "best_accuracy": acc,
+    "final_accuracy": final,
+    "stopped_at": 100 if steps is None else steps,
+    "diverged_at": None,
+    "norm_growth": growth,
+    "kernel_norms": {"init": [3.0], "max": [3.0 * growth], "final": [3.0]},
+    "curve": {"step": [50, 100], "accuracy": [acc, final], "max_kernel_norm": norms},
+  }
+
+
+def test_report_on_hand_made_trials(tmp_path):
+  """The table's medians, ratios and blow-up rates on trials whose answers are known."""
+  script = _script()
+  trials = []
+  for batch, base in ((64, 400), (256, 100)):
+    for opt, factor in (("adamw", 1), ("lamb", 3), ("lamb_tuned", 2)):
+      for k, lr in enumerate((0.01, 0.02, 0.04)):
+        steps = base * factor * (2 if k != 1 else 1)
+        trials.append(_fake_trial(opt, batch, "tune", lr, 0, steps))
+      for seed, extra in ((1, 0), (2, 10), (3, 30)):
+        trials.append(_fake_trial(opt, batch, "seeds", 0.02, seed, base * factor + extra))
+  # one blow-up: the norm goes from 3 to 3 * e**5 in 50 steps -> log-rate 0.1 per step
+  trials.append(
+    _fake_trial(
+      "lamb",
+      64,
+      "tune",
+      0.08,
+      0,
+      None,
+      acc=0.9,
+      final=0.1,
+      growth=150.0,
+      norms=[3.0, 3.0 * np.exp(5.0)],
+    )
+  )
+  data = {
+    "meta": {
+      "study": {
+        "targets": [0.95, 0.97],
+        "batch_sizes": [64, 256],
+        "optimizers": ["adamw", "lamb", "lamb_tuned"],
+        "seeds": [1, 2, 3],
+        "caps": {"64": 1000, "256": 500},
+      }
+    },
+    "trials": trials,
+  }
+  rows = {(r["optimizer"], r["batch_size"]): r for r in script.summarize(data)}
+  assert rows["lamb", 64]["best_lr"] == 0.02
+  assert rows["lamb", 64]["steps_to"]["0.97"] == [1200, 1210, 1230]
+  assert rows["lamb", 64]["at_2x"] == "2400"  # the 0.04 run
+  assert rows["lamb", 64]["blown_up_lrs"] == [0.08] and rows["lamb", 64]["collapsed_lrs"] == [0.08]
+  md = script.table(data)
+  row = next(line for line in md.splitlines() if line.startswith("| 256 (500) | LAMB (defaults)"))
+  assert "310 [300, 310, 330]" in row and "2.82x" in row  # median 310 vs AdamW 110
+  (blow,) = script.blowups(data)
+  np.testing.assert_allclose(blow["max_rate"], 0.1, rtol=1e-3)
+  assert blow["lr_over_best"] == 4
+  script.figure(data, tmp_path / "f.png")
+  script.norms_figure(data, tmp_path / "n.png", (64,))
