@@ -156,35 +156,6 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> dict[str, Any]:
   return {"losses": losses, "accuracy": accuracy, "lr": lr, "trust_ratios": ratios}
 
 
-def large_batch_study(
-  batch_sizes: Sequence[int],
-  epochs: int,
-  base_lr: dict[str, float] | None = None,
-  seed: int = 0,
-  progress: bool = True,
-) -> list[dict[str, Any]]:
-  """LAMB vs AdamW on digits across batch sizes, a fixed number of epochs each.
-
-  The learning rate grows with the square root of the batch size
-  (``lr = base_lr * sqrt(batch / 32)``), as in You et al.; larger batches take
-  proportionally fewer steps. Returns one row per (optimizer, batch size)
-  with the test accuracy, the number of steps and the loss curve (and, for
-  LAMB, the per-leaf trust ratios of every step).
-  """
-  base_lr = base_lr or {"lamb": 0.01, "adamw": 3e-3}
-  n_train = len(load_digits(seed)[0])
-  rows = []
-  for opt in ("lamb", "adamw"):
-    for bs in batch_sizes:
-      bs = min(bs, n_train)
-      steps = max(1, round(epochs * n_train / bs))
-      lr = base_lr[opt] * (bs / 32) ** 0.5
-      args = argparse.Namespace(steps=steps, batch_size=bs, lr=lr, optimizer=opt, seed=seed)
-      res = train(args, progress=progress)
-      rows.append(dict(res, optimizer=opt, batch_size=bs, steps=steps))
-  return rows
-
-
 def _plot(path: str, losses: Sequence[float], label: str) -> None:
   import matplotlib
 
