@@ -56,6 +56,7 @@ import pathlib
 import platform
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import Any
 
 import jax
@@ -687,7 +688,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report(path, out))
     return 0
   if args.sanity:
-    result = sanity()
+    result = {"command": "python benchmarks/large_batch.py --sanity", **sanity()}
+    result["machine"] = platform.platform()
+    result["versions"] = {p: version(p) for p in ("jax", "optax", "mnist1d", "lamb_optax")}
     log(
       f"sanity: final test accuracy {np.mean(result['final_accuracy']):.4f} "
       f"(seeds {result['final_accuracy']}), published 0.94; {result['cpu_s']} s cpu"
