@@ -34,7 +34,7 @@ Each optimizer and batch size trains all its learning rates (or seeds) side by s
 one `jax.vmap`, with `jax.lax.scan` over the steps between evaluations
 (`lamb_optax.large_batch.run_grid`).
 
-    python benchmarks/large_batch.py                  # the full study (about 3 h on 2 cores)
+    python benchmarks/large_batch.py                  # the full study (2.2 CPU-hours)
     python benchmarks/large_batch.py --resume         # continue a killed run from its JSON
     python benchmarks/large_batch.py --sanity         # the paper's CNN on the default data
     python benchmarks/large_batch.py --report         # figure and table from the JSON only
