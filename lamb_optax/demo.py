@@ -208,7 +208,7 @@ def train(args: argparse.Namespace, *, progress: bool = True, bar: Any = None) -
       adamw), ``optimizer`` and ``seed``, as :func:`build_parser` parses them.
     progress: show a text progress bar for this run.
     bar: an open ``tqdm`` bar to advance by one per step instead of a bar of
-      this run's own (:func:`large_batch_study` shows one bar for all runs).
+      this run's own (one bar for many runs).
 
   Returns:
     A dict with ``losses`` (one per step), ``accuracy`` (on the test split),
@@ -254,44 +254,6 @@ def train(args: argparse.Namespace, *, progress: bool = True, bar: Any = None) -
   logits = jax.jit(model.apply)({"params": params}, jnp.asarray(x_te))
   accuracy = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == y_te))
   return {"losses": losses, "accuracy": accuracy, "lr": lr, "trust_ratios": ratios}
-
-
-def large_batch_study(
-  batch_sizes: Sequence[int],
-  epochs: int,
-  base_lr: dict[str, float] | None = None,
-  seed: int = 0,
-  progress: bool = True,
-) -> list[dict[str, Any]]:
-  """LAMB vs AdamW on digits across batch sizes, a fixed number of epochs each.
-
-  The learning rate grows with the square root of the batch size
-  (``lr = base_lr * sqrt(batch / 32)``), as in You et al.; larger batches take
-  proportionally fewer steps. Batch sizes above the training set are clipped
-  to it. One progress bar counts the steps of all runs.
-
-  Returns:
-    One row per (optimizer, batch size) with the test accuracy, the number of
-    steps, the learning rate and the loss curve (and, for LAMB, the per-leaf
-    trust ratios of every step).
-  """
-  from tqdm import tqdm
-
-  base_lr = base_lr or {"lamb": 0.01, "adamw": 3e-3}
-  n_train = len(load_digits(seed)[0])
-  runs = []
-  for opt in ("lamb", "adamw"):
-    for bs in batch_sizes:
-      bs = min(bs, n_train)
-      steps = max(1, round(epochs * n_train / bs))
-      runs.append((opt, bs, steps, base_lr[opt] * (bs / 32) ** 0.5))
-  rows = []
-  with tqdm(total=sum(r[2] for r in runs), disable=not progress) as bar:
-    for opt, bs, steps, lr in runs:
-      args = argparse.Namespace(steps=steps, batch_size=bs, lr=lr, optimizer=opt, seed=seed)
-      res = train(args, bar=bar)
-      rows.append(dict(res, optimizer=opt, batch_size=bs, steps=steps))
-  return rows
 
 
 def _plot(path: str, losses: Sequence[float], label: str) -> None:

@@ -189,80 +189,124 @@ def large_batch() -> list:
   return [
     *header(
       "03_large_batch.ipynb",
-      "Large batches: LAMB vs AdamW",
-      "You et al. built LAMB so that the batch can grow without losing accuracy. In miniature,"
-      " on real data: both optimizers train the same CNN on digits for a fixed number of epochs"
-      " at batch sizes from 32 to the whole training set, with the learning rate scaled by"
-      " sqrt(batch / 32). Then the per-layer trust ratios LAMB applied during training.",
+      "Large batches: steps to a target accuracy, learning rate tuned per batch size",
+      "LAMB was built so that the batch can grow without costing more steps than it saves."
+      " The fair test (Shallue et al. 2019, Nado et al. 2021) tunes the learning rate of each"
+      " optimizer at each batch size and counts the steps each needs to reach a target test"
+      " accuracy. This is a small version of the repository's study (`benchmarks/large_batch.py`,"
+      " results in the README): MNIST-1D generated locally by the `mnist1d` package (no"
+      " download), the MNIST-1D paper's CNN, AdamW against LAMB with its defaults and LAMB with"
+      " practitioners' settings, three batch sizes, four learning rates each, one seed. Then"
+      " what happens inside LAMB when its learning rate is too high: the weight norms and the"
+      " per-layer trust ratios over training.",
     ),
     new_code_cell(SMOKE),
     new_code_cell(
       """import numpy as np
 import matplotlib.pyplot as plt
-from lamb_optax import demo
+from lamb_optax import large_batch as lb
 
-batch_sizes = [32, 1437] if SMOKE else [32, 64, 128, 256, 512, 1437]
-epochs = 2 if SMOKE else 20
-rows = demo.large_batch_study(batch_sizes, epochs)   # one progress bar for all the runs"""
-    ),
-    new_code_cell(
-      """for r in rows:
-    print(f"{r['optimizer']:>5}  batch {r['batch_size']:>4}  steps {r['steps']:>4}"
-          f"  lr {r['lr']:.4f}  test accuracy {r['accuracy']:.3f}")"""
-    ),
-    new_markdown_cell(
-      "Both panels start at 0: accuracy on the left, test error (1 - accuracy) on the right,"
-      " where the gaps between the two optimizers are easier to read."
-    ),
-    new_code_cell(
-      """fig, (acc_ax, err_ax) = plt.subplots(1, 2, figsize=(10, 4))
-for opt, label in (("lamb", "LAMB"), ("adamw", "AdamW")):
-    bs, acc = zip(*sorted((r["batch_size"], r["accuracy"]) for r in rows if r["optimizer"] == opt))
-    acc_ax.plot(bs, acc, "o-", label=label)
-    err_ax.plot(bs, 100 * (1 - np.array(acc)), "o-", label=label)
-for ax, ylabel in ((acc_ax, f"test accuracy, {epochs} epochs"), (err_ax, "test error (%)")):
-    ax.set_xscale("log", base=2); ax.set_xlabel("batch size"); ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
-acc_ax.set_ylim(top=1.0); acc_ax.legend(loc="lower left"); err_ax.legend(loc="upper left")
-fig.suptitle("accuracy vs batch size"); plt.show()"""
-    ),
-    new_markdown_cell(
-      "`lamb_optax.trust_ratios(state)` returns the ratio ||w|| / ||u|| each leaf got at the"
-      " last step; the demo logs it every step. Kernels of the small-batch LAMB run, above the"
-      " loss of each step's batch:"
-    ),
-    new_code_cell(
-      """small = batch_sizes[0]
-run = next(r for r in rows if r["optimizer"] == "lamb" and r["batch_size"] == small)
-fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
-for path in run["trust_ratios"][0]:
-    if path.endswith("kernel"):
-        top.semilogy([step[path] for step in run["trust_ratios"]], label=path)
-top.set_ylabel("trust ratio ||w|| / ||u||"); top.legend(loc="upper left")
-top.set_title(f"per-layer trust ratios, batch {small}")
-# the 20 steps where conv1's ratio drops most, marked on the batch loss
-drop = np.diff(np.log([step["conv1/kernel"] for step in run["trust_ratios"]]))
-worst = np.argsort(drop)[:20] + 1
-bottom.semilogy(run["losses"], color="gray", lw=0.8, label="batch loss")
-bottom.semilogy(worst, np.array(run["losses"])[worst], "o", color="C3",
-                label="the 20 largest drops of conv1's ratio")
-bottom.set_xlabel("step"); bottom.set_ylabel("batch loss"); bottom.legend(loc="lower left")
+timer = lb.Timer()
+data = lb.mnist1d(2_000, 500, seed=0) if SMOKE else lb.mnist1d(100_000, 5_000, seed=0)
+print(f"{len(data.y)} training and {len(data.y_test)} test signals of length {data.x.shape[1]}")
+fig, axes = plt.subplots(1, 5, figsize=(10, 1.8), sharey=True)
+for ax, x, y in zip(axes, data.x, data.y):
+    ax.plot(x); ax.set_title(f"digit {y}"); ax.set_xticks([])
 plt.show()"""
     ),
     new_markdown_cell(
-      "**Why the sawtooth.** The teeth are not epochs: the demo draws each batch independently"
-      " (no epochs, no reshuffling), and the teeth come at irregular intervals. Most sharp"
-      " drops come at a step whose batch loss jumps well above the steps before it (the red"
-      " dots in the lower panel sit on the loss spikes). That step's large gradient raises"
-      " the first moment m, which remembers about 10 steps (b1 = 0.9), far more than the"
-      " square root of the second"
-      " moment v, which averages over about 1000 steps (b2 = 0.999). So the Adam direction"
-      " u = m̂ / (sqrt(v̂) + eps) grows and r = ||w|| / ||u|| drops. Over the next tens of steps"
-      " m forgets the spike while v still holds it, so ||u|| shrinks and r climbs back.\n\n"
-      "The overall rise has two causes. ||u|| falls: once the model fits the training set,"
-      " most gradients are small and point in no consistent direction, so m averages out"
-      " while sqrt(v) does not. And ||w|| grows (about 4x for `conv1/kernel` here): LAMB moves"
-      " each layer by lr · ||w|| per step whatever the gradient's scale."
+      "The optimizers (`lb.OPTIMIZERS`): `optax.adamw` with weight decay 0.01 on kernels;"
+      " `lamb_optax.lamb` with its defaults (no weight decay, trust ratio on every leaf); and"
+      " `lamb_optax.lamb` with weight decay 0.01 and biases left out of decay and of the trust"
+      " ratio (`mask=` and `trust_ratio_mask=`). Every run warms the learning rate up from 0"
+      " over 5% of the step cap, then holds it. A group of learning rates trains side by side"
+      " (`jax.vmap`) and stops at 1.5x the steps of the first run to reach the higher target."
+    ),
+    new_code_cell(
+      """batch_sizes = [128] if SMOKE else [32, 256, 2048]
+targets = (0.3, 0.4) if SMOKE else (0.9, 0.95)
+top = f"{targets[-1]:g}"
+first_k = {"adamw": 3, "lamb": 1, "lamb_tuned": 1}   # lr = 1e-3 * 2**k at batch 256
+
+
+def grid(opt, batch):   # 4 points, one higher per 4x batch (the square-root rule)
+    k0 = first_k[opt] + int(np.floor(np.log(batch / 256) / np.log(4) + 0.5))
+    return [1e-3 * 2.0**k for k in range(k0, k0 + 4)]
+
+
+def protocol(batch):   # step cap (the same for every optimizer), evaluation interval
+    every = max(1, (2**8 if SMOKE else 2**13) // batch)
+    cap = 64 if SMOKE else max(600, 2**20 // batch)
+    return cap - cap % every, every
+
+
+results = {}
+for batch in batch_sizes:
+    cap, every = protocol(batch)
+    for opt in lb.OPTIMIZERS:
+        lrs = grid(opt, batch)
+        trials = lb.run_grid(data, opt, batch, lrs, [0] * len(lrs), cap=cap, eval_every=every,
+                             warmup_steps=cap // 20, targets=targets, stop_factor=1.5)
+        results[opt, batch] = trials
+        line = "  ".join(f"{t['lr']:g}: {t['steps_to'][top] or '-'}" for t in trials)
+        print(f"batch {batch:5}, cap {cap:5}  {opt:10}  steps to {targets[-1]:.0%} by lr  {line}")
+print(f"{timer.wall():.0f} s, {timer.cpu():.0f} s of CPU time")"""
+    ),
+    new_code_cell(
+      """fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+for ax, target in zip(axes, targets):
+    for opt in lb.OPTIMIZERS:
+        xs, ys, missed = [], [], []
+        for batch in batch_sizes:
+            best = lb.best_trial(results[opt, batch], targets)
+            steps = best["steps_to"][f"{target:g}"]
+            if steps is None:
+                missed.append((batch, protocol(batch)[0]))
+            else:
+                xs.append(batch); ys.append(steps)
+        (line,) = ax.plot(xs, ys, "o-", label=opt)
+        if missed:
+            ax.plot(*zip(*missed), "x", color=line.get_color(), ms=9, mew=2)
+    ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel("batch size"); ax.set_title(f"steps to {target:.0%} (x: not reached by the cap)")
+axes[0].set_ylabel("steps, best learning rate"); axes[0].legend(); plt.show()"""
+    ),
+    new_markdown_cell(
+      "LAMB's step for a layer is `lr * ||w||` long whatever the gradient's size, so the"
+      " weight norm moves geometrically: outwards by up to a factor `1 + lr` per step when"
+      " the updates keep pointing away from zero (LAMB's defaults have no weight decay to"
+      " hold it), and inwards by `1 - lr` per step once the gradients vanish and weight decay"
+      " is all that is left of `u = adam + wd * w` (the trust ratio `||w|| / ||wd * w||`"
+      " cancels `wd`: the decay acts at rate `lr`, not `lr * wd`). The largest kernel norm of"
+      " every run at the largest batch (dashed: the loss went non-finite):"
+    ),
+    new_code_cell(
+      """batch = batch_sizes[-1]
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+for ax, opt in zip(axes, lb.OPTIMIZERS):
+    for t in results[opt, batch]:
+        c = t["curve"]
+        pts = [(0, max(t["kernel_norms"]["init"]))]
+        pts += [(s, v) for s, v in zip(c["step"], c["max_kernel_norm"]) if v is not None]
+        ax.plot(*zip(*pts), "--" if t["diverged_at"] else "-", label=f"lr {t['lr']:g}")
+    ax.set_yscale("log"); ax.set_xlabel("step"); ax.set_title(f"{opt}, batch {batch}")
+    ax.legend(fontsize=7)
+axes[0].set_ylabel("largest kernel norm"); plt.tight_layout(); plt.show()"""
+    ),
+    new_markdown_cell(
+      "`lamb_optax.trust_ratios(state)` returns the ratio `||w|| / ||u||` each leaf got at the"
+      " last step; `run_grid` records it along the way. Per-layer ratios of the best LAMB run"
+      " with practitioners' settings at the largest batch (biases are left out: their ratio"
+      " is 1):"
+    ),
+    new_code_cell(
+      """best = lb.best_trial(results["lamb_tuned", batch], targets)
+c = best["curve"]
+for path, ratios in c["trust_ratios"].items():
+    if path.endswith("kernel"):
+        plt.semilogy(c["trust_ratio_step"], ratios, label=path)
+plt.xlabel("step"); plt.ylabel("trust ratio ||w|| / ||u||"); plt.legend()
+plt.title(f"lamb_tuned, batch {batch}, lr {best['lr']:g}"); plt.show()"""
     ),
   ]
 
