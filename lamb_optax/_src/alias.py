@@ -320,7 +320,7 @@ def lamb(
     (validation.check_non_negative, "weight_decay", weight_decay),
     (validation.check_non_negative, "learning_rate", lr),
     (validation.check_non_negative, "min_trust_ratio", min_trust_ratio),
-    (_check_max_ratio, "max_trust_ratio", max_trust_ratio),
+    (validation.check_max_ratio, "max_trust_ratio", max_trust_ratio),
   ]
   runtime_checks = [c for c in runtime_checks if validation.is_traced(c[2])]
   if not runtime_checks:
@@ -350,9 +350,3 @@ def _with_state_check(tx: optax.GradientTransformation) -> optax.GradientTransfo
     return tx.update(updates, state, params, **extra_args)
 
   return optax.GradientTransformationExtraArgs(tx.init, update_fn)
-
-
-def _check_max_ratio(name: str, value: Any) -> None:
-  validation.check_non_negative(name, value, allow_inf=True)
-  if value == 0:
-    raise ValueError(f"`{name}` must be > 0, got {value!r}.")

@@ -260,15 +260,7 @@ def scale_by_adam(
     _check_same_structure(updates, state.mu, "the moments (the params at init)")
     count = optax.safe_increment(state.count)
 
-    for (path, g), m in zip(
-      masks_lib.named_leaves(updates), jax.tree.leaves(state.mu), strict=True
-    ):
-      if jnp.iscomplexobj(g) and not jnp.iscomplexobj(m):
-        raise TypeError(
-          f"`updates` leaf {path or '<root>'!r} is {np.dtype(g.dtype)} but the parameter is"
-          " real (its moments are real): a real parameter takes real updates (for a complex"
-          " loss, take the real part of the gradient, or make the parameter complex)."
-        )
+    _check_no_complex_for_real(updates, state.mu)  # real moments: a real parameter
 
     def one(g, m, v):
       m_new, v_new = kernels.moments(g, m, v, b1, b2, grad_averaging)

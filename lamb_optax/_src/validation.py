@@ -116,6 +116,14 @@ def check_scalar_or_schedule(name: str, value: Any) -> Any:
   return value
 
 
+def check_max_ratio(name: str, value: Any) -> None:
+  """Checks an upper trust-ratio bound: > 0; inf is meaningful (no clipping from above)."""
+  check_non_negative(name, value, allow_inf=True)
+  hi = concrete_float(value)
+  if hi is not None and hi == 0.0:
+    raise ValueError(f"`{name}` must be > 0, got {value!r}.")
+
+
 def check_optional_ratio_bounds(min_ratio: Any, max_ratio: Any) -> None:
   """Checks the trust-ratio clipping bounds."""
   lo = hi = None
@@ -123,11 +131,8 @@ def check_optional_ratio_bounds(min_ratio: Any, max_ratio: Any) -> None:
     check_non_negative("min_trust_ratio", min_ratio)
     lo = concrete_float(min_ratio)
   if max_ratio is not None:
-    # inf is a meaningful upper bound: no clipping from above.
-    check_non_negative("max_trust_ratio", max_ratio, allow_inf=True)
+    check_max_ratio("max_trust_ratio", max_ratio)
     hi = concrete_float(max_ratio)
-    if hi is not None and hi == 0.0:
-      raise ValueError(f"`max_trust_ratio` must be > 0, got {max_ratio!r}.")
   if lo is not None and hi is not None and lo > hi:
     raise ValueError(
       f"`min_trust_ratio` ({min_ratio!r}) must be <= `max_trust_ratio` ({max_ratio!r})."
