@@ -111,7 +111,9 @@ def check_step(updates: Any, params: Any) -> None:
   transforms._check_no_complex_for_real(updates, params)
 
 
-def _unfolded(x: Any, zero: jax.Array) -> jax.Array:
+def _unfolded(x: Any, zero: jax.Array) -> Any:
+  if kernels.is_static_zero(x):
+    return x  # a static 0 lets the kernels leave out its operation (kernels.direction)
   x = jnp.asarray(x)
   return x + zero.astype(x.dtype)
 
