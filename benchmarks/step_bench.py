@@ -1,9 +1,11 @@
 """LAMB step speed, compile time and memory: lamb_optax vs optax.lamb vs optax.adamw.
 
 For each synthetic parameter tree, in one process, the optimizers are compiled
-(timed) and then stepped in interleaved rounds (one step of each per round), so
-they see the same machine state. Each step is ``jax.jit(step, donate_argnums=
-(0, 1))`` with ``step = update + apply_updates``: params and state donated.
+(timed) and then stepped in interleaved rounds (one step of each per round,
+each round starting with the next optimizer), so they see the same machine
+state and none always runs right after the same other one. Each step is
+``jax.jit(step, donate_argnums=(0, 1))`` with ``step = update + apply_updates``:
+params and state donated.
 
 Reported per (tree, optimizer): median ms/step; effective GB/s at 10 float32
 words per parameter (LAMB's floor: read p, g, m, v, write p, m, v, plus one
@@ -231,8 +233,12 @@ def bench_tree(
   for r in runs.values():  # warm-up
     r["params"], r["state"] = r["compiled"](r["params"], r["state"], grads)
     jax.block_until_ready(r["params"])
-  for _ in range(steps):
-    for r in runs.values():
+  order = list(runs.values())
+  for i in range(steps):
+    # Each round starts one later, so that no optimizer always follows the same one: what a
+    # step leaves behind (optax.lamb hands ~2x the parameters of temporaries back to the OS
+    # every step) falls on every optimizer alike, not always on the next in the list.
+    for r in order[i % len(order) :] + order[: i % len(order)]:
       f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       t0 = time.perf_counter()
       r["params"], r["state"] = r["compiled"](r["params"], r["state"], grads)
