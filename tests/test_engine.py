@@ -91,6 +91,27 @@ def test_engine_equals_chain_in_float32(name, big, engine):
     p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
 
 
+@pytest.mark.parametrize("engine", list(EVERY.values()), ids=list(EVERY))
+def test_a_static_zero_eps_root_gives_the_values_of_a_computed_one(engine):
+  """``eps_root=0.0`` leaves ``+ eps_root * c2`` out of the direction (kernels.direction); a
+  jax array 0 keeps it. The updates and states are the same, bit for bit, over 5 jitted steps
+  (the big leaf takes the CPU policy's quick sums)."""
+  outs = []
+  for eps_root in (0.0, jnp.zeros((), jnp.float32)):
+    tx = lamb_optax.lamb(0.05, weight_decay=0.01, eps_root=eps_root, **engine)
+    p = _tree(big=True)
+    s = tx.init(p)
+    rng = np.random.default_rng(2)
+    us = []
+    for _ in range(5):
+      g = jax.tree.map(lambda x, r=rng: jnp.asarray(r.normal(size=x.shape), jnp.float32), p)
+      u, s = jax.jit(tx.update)(g, s, p)
+      p = optax.apply_updates(p, u)
+      us.append(u)
+    outs.append((us, s))
+  jax.tree.map(np.testing.assert_array_equal, *outs)
+
+
 @pytest.mark.parametrize(
   "dtype, rtol",
   [
