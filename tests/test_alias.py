@@ -9,16 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _engines import EVERY
+from _engines import EVERY, flat, run_against
 from _reference import NumpyLamb
 
 import lamb_optax
 
 every = pytest.mark.parametrize("engine", list(EVERY.values()), ids=list(EVERY))
-
-
-def _flat(tree):
-  return {p: np.asarray(x) for p, x in lamb_optax.masks.named_leaves(tree)}
 
 
 def _tree():
@@ -42,22 +38,7 @@ def _grads(step, params):
 
 
 def _run_both(tx, ref, steps=25):
-  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _tree())
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for t in range(steps):
-    grads = _grads(t, _tree())
-    params, state = step(params, state, jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads))
-    expected = ref.update(_flat(grads))
-    got = _flat(params)
-    for k in expected:
-      np.testing.assert_allclose(got[k], expected[k], rtol=2e-5, atol=1e-6, err_msg=f"{k} @ {t}")
-  return params, state
+  return run_against(tx, ref, _tree(), lambda t: _grads(t, _tree()), steps)
 
 
 def _ms_decay(path):
@@ -79,9 +60,9 @@ def _ms_decay(path):
 )
 @every
 def test_matches_numpy_reference(lr_arg, lr_ref, engine):
-  paths = _flat(_tree())
+  paths = flat(_tree())
   ref = NumpyLamb(
-    _flat(_tree()),
+    flat(_tree()),
     lr=dict.fromkeys(paths, lr_ref),
     wd=dict.fromkeys(paths, lambda s: 0.01),
     decay={p: _ms_decay(p) for p in paths},
@@ -92,9 +73,9 @@ def test_matches_numpy_reference(lr_arg, lr_ref, engine):
 @every
 def test_matches_numpy_reference_with_options(engine):
   """Weight-decay schedule, eps_root, clipping, trust-ratio mask, other betas."""
-  paths = _flat(_tree())
+  paths = flat(_tree())
   ref = NumpyLamb(
-    _flat(_tree()),
+    flat(_tree()),
     lr=dict.fromkeys(paths, lambda s: 0.02),
     wd=dict.fromkeys(paths, lambda s: 0.1 * 0.9**s),
     decay=dict.fromkeys(paths, True),

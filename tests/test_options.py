@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 import optax
 import pytest
-from _engines import EVERY
+from _engines import EVERY, flat, run_against
 
 import lamb_optax
 
@@ -29,10 +29,6 @@ def _tree():
     "conv": {"kernel": rng.normal(size=(3, 3, 2, 4))},
     "head": {"kernel": rng.normal(size=(5, 3)), "bias": np.zeros(3)},
   }
-
-
-def _flat(tree):
-  return {p: np.asarray(x, np.float64) for p, x in lamb_optax.masks.named_leaves(tree)}
 
 
 def _grads(step):
@@ -84,21 +80,7 @@ class TimmLamb:
 
 
 def _run(tx, ref, steps=STEPS, rtol=2e-5, atol=1e-6):
-  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _tree())
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for t in range(steps):
-    g = _grads(t)
-    params, state = step(params, state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g))
-    expected, got = ref.update(_flat(g)), _flat(params)
-    for k in expected:
-      np.testing.assert_allclose(got[k], expected[k], rtol=rtol, atol=atol, err_msg=f"{k} @ {t}")
-  return params, state
+  return run_against(tx, ref, _tree(), _grads, steps, rtol, atol)
 
 
 def _ms(path):  # MindSpore's default decay rule, as lamb's mask="mindspore"
@@ -124,7 +106,7 @@ OPTIONS = {
 @every
 def test_option_matches_timm(name, engine):
   kw = OPTIONS[name]
-  paths = _flat(_tree())
+  paths = flat(_tree())
   decay = {p: _ms(p) for p in paths}
   ref = TimmLamb(
     paths,
@@ -157,7 +139,7 @@ GROUPS = [
 @every
 def test_all_options_with_groups_match_timm_param_groups(engine):
   """timm's param groups: the ratio only in the group with weight decay (always_adapt=False)."""
-  paths = _flat(_tree())
+  paths = flat(_tree())
   first = {p: p.startswith(("encoder", "conv")) for p in paths}
   ref = TimmLamb(
     paths,
@@ -182,7 +164,7 @@ def test_all_options_with_groups_match_timm_param_groups(engine):
 
 @every
 def test_mu_dtype_stores_the_first_moment_only(engine):
-  paths = _flat(_tree())
+  paths = flat(_tree())
   ref = TimmLamb(
     paths,
     lr=dict.fromkeys(paths, _const(0.02)),
