@@ -322,8 +322,7 @@ def lamb(
     (validation.check_non_negative, "min_trust_ratio", min_trust_ratio),
     (validation.check_max_ratio, "max_trust_ratio", max_trust_ratio),
   ]
-  runtime_checks = [c for c in runtime_checks if validation.is_traced(c[2])]
-  if not runtime_checks:
+  if not any(validation.is_traced(value) for _, _, value in runtime_checks):
     return tx
 
   def init_fn(params):
